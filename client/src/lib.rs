@@ -1,0 +1,1 @@
+//! The browser client (placeholder until the browser-client work lands).
