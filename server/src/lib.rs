@@ -1,1 +1,6 @@
-//! The recorder's server.
+//! The recorder's server: signs direct-to-bucket uploads, keeps one manifest per
+//! session, plays the bucket for the local backend, and serves the pages.
+
+pub mod error;
+pub mod signing;
+pub mod storage;
