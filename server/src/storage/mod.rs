@@ -224,6 +224,14 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// The object's metadata. [`StorageError::NotFound`] if missing.
     async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta>;
 
+    /// The content type stored with the object (by `put_stream` or the upload's
+    /// `create_multipart`), or `None` when the object has none recorded (written by
+    /// `put`, or by the old app). [`StorageError::NotFound`] if the object is missing.
+    /// Backends that keep no content types may leave the default, which says `None`.
+    async fn content_type(&self, key: &ObjectKey) -> Result<Option<String>> {
+        self.head(key).await.map(|_| None)
+    }
+
     /// Every object whose key starts with `prefix` (recursively), sorted by key.
     /// Backend-internal files (temporary files, upload parts) never appear.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
