@@ -48,6 +48,15 @@ impl Container {
         }
     }
 
+    /// The container whose magic bytes `head` (the first bytes of a file, at least 8
+    /// when available) starts with, if any: how the old upload route, which gets no
+    /// trustworthy content type, decides what it was sent.
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        [Container::Webm, Container::Mp4, Container::Ogg]
+            .into_iter()
+            .find(|c| c.matches_magic(head))
+    }
+
     /// A plain content type for this container, used for data the old app stored
     /// without one.
     pub fn default_content_type(self, has_video: bool) -> &'static str {
@@ -102,7 +111,12 @@ impl MediaType {
                 "content type must be printable ASCII without surrounding spaces".to_owned(),
             ));
         }
-        let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let container = match essence.as_str() {
             "video/webm" | "audio/webm" => Container::Webm,
             "video/mp4" | "audio/mp4" | "video/x-m4v" | "audio/x-m4a" => Container::Mp4,
@@ -162,7 +176,13 @@ mod tests {
 
     #[test]
     fn non_media_and_odd_text_is_refused() {
-        for bad in ["", "text/html", "application/octet-stream", "video/webm\n", "vidéo/webm"] {
+        for bad in [
+            "",
+            "text/html",
+            "application/octet-stream",
+            "video/webm\n",
+            "vidéo/webm",
+        ] {
             assert!(MediaType::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(MediaType::parse(&format!("video/webm;{}", "a".repeat(300))).is_err());
@@ -175,5 +195,27 @@ mod tests {
         assert!(Container::Mp4.matches_magic(b"\0\0\0\x20ftypisom"));
         assert!(!Container::Mp4.matches_magic(b"\0\0\0"));
         assert!(Container::Ogg.matches_magic(b"OggS\0"));
+    }
+
+    #[test]
+    fn sniffing_names_the_container_of_media_and_nothing_else() {
+        assert_eq!(
+            Container::sniff(&[0x1A, 0x45, 0xDF, 0xA3, 0x9F, 0x42]),
+            Some(Container::Webm)
+        );
+        assert_eq!(
+            Container::sniff(b"\0\0\0\x18ftypmp42"),
+            Some(Container::Mp4)
+        );
+        assert_eq!(Container::sniff(b"OggS\0\x02"), Some(Container::Ogg));
+        for other in [
+            &b""[..],
+            b"<html><body>",
+            b"%PDF-1.7",
+            b"\0\0\0",
+            b"RIFF....WAVE",
+        ] {
+            assert_eq!(Container::sniff(other), None, "{other:?}");
+        }
     }
 }
