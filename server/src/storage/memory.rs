@@ -168,14 +168,7 @@ impl Storage for MemoryStorage {
 
     async fn get_range(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<GetResult> {
         let object = self.object(key)?;
-        let size = object.bytes.len() as u64;
-        let range = match range {
-            None => 0..size,
-            Some(r) if r.start >= size || r.start >= r.end => {
-                return Err(StorageError::RangeNotSatisfiable { size });
-            }
-            Some(r) => r.start..r.end.min(size),
-        };
+        let range = resolve_range(range, object.bytes.len() as u64)?;
         let body = object.bytes.slice(range.start as usize..range.end as usize);
         Ok(GetResult {
             meta: object.meta(key),
@@ -356,6 +349,21 @@ impl Storage for MemoryStorage {
     ) -> Result<PresignedRequest> {
         check_presign(op)?;
         Ok(self.signer.sign(op, now, ttl))
+    }
+}
+
+// Rules the self-hosted backends (this one and the local one) share.
+
+/// The byte range a `get_range` call serves of an object of `size` bytes: the whole
+/// object for `None`, a range cut at the end, or [`StorageError::RangeNotSatisfiable`]
+/// for an empty range or one starting at or past the end.
+pub(crate) fn resolve_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
+    match range {
+        None => Ok(0..size),
+        Some(r) if r.start >= size || r.start >= r.end => {
+            Err(StorageError::RangeNotSatisfiable { size })
+        }
+        Some(r) => Ok(r.start..r.end.min(size)),
     }
 }
 
