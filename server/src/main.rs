@@ -1,1 +1,146 @@
-fn main() {}
+//! The `recorder-server` binary: loads the configuration from the environment and
+//! serves. Everything else lives in the library (`server::app`).
+//!
+//! ```text
+//! recorder-server            # same as `recorder-server serve`
+//! recorder-server serve
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use server::app::{self, AppState};
+use server::config::{Config, StorageBackend};
+use server::signing::UrlSigner;
+use tracing_subscriber::EnvFilter;
+
+/// Records research participants in the browser, straight to object storage.
+/// Configuration comes from the environment (see the README).
+#[derive(Debug, Parser)]
+#[command(name = "recorder-server", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API, the pages and (for local storage) the storage routes. The default.
+    Serve,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recorder: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("recorder: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(config)),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let secrets = match config.resolve_secrets() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("recorder: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.bind_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "recorder: BIND_ADDR: cannot listen on {}: {e}",
+                config.bind_addr
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("recorder: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let public_url = config.public_url_for(bound);
+    let signer = Arc::new(UrlSigner::new(secrets.server_secret.clone(), &public_url));
+    let storage = match app::build_storage(&config, signer.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("recorder: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let storage_line = match &config.backend {
+        StorageBackend::Local => format!("local {}/", config.data_dir.display()),
+        StorageBackend::S3(s3) => format!("s3 {}/{}", s3.bucket, s3.key_prefix),
+    };
+    println!(
+        "recorder listening on http://{bound}  (participant page: /, researcher page: \
+         /researcher.html, storage: {storage_line})"
+    );
+    if public_url != format!("http://{bound}") {
+        println!("public URL: {public_url}");
+    }
+    if let Some(path) = &secrets.researcher_token_file {
+        println!(
+            "researcher token: {}  (from {}; set RESEARCHER_TOKEN to choose one)",
+            secrets.researcher_token,
+            path.display()
+        );
+    }
+    let state = AppState::new(config, storage, &secrets, signer);
+    match app::serve(listener, app::app(state), shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("recorder: the server stopped with an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,212 @@
+//! Wiring: the shared state every handler gets, the router, and serving with graceful
+//! shutdown. `main.rs` only loads the configuration and calls these; tests build an
+//! [`AppState`] in code and drive [`app`] with `tower::ServiceExt::oneshot` or over a
+//! real socket with [`serve`].
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::get;
+use shared::api::Health;
+use shared::{RecordingId, SessionId};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Config, CorsOrigins, Secrets, StorageBackend};
+use crate::manifests::Manifests;
+use crate::routes;
+use crate::signing::{Secret, UrlSigner};
+use crate::storage::Storage;
+use crate::storage::local::LocalStorage;
+use crate::storage::s3::{S3Settings, S3Storage};
+
+/// The clock handlers read "now" from; tests substitute a fixed or shifted one.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Everything a handler needs. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    /// Where recordings and manifests live.
+    pub storage: Arc<dyn Storage>,
+    /// Reads and changes manifests in `storage`.
+    pub manifests: Manifests,
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Signs session tokens and upload handles.
+    pub secret: Arc<Secret>,
+    /// Signs URLs to this server's own `/storage/...` routes (local storage).
+    pub signer: Arc<UrlSigner>,
+    /// The researcher's bearer token.
+    pub researcher_token: Arc<str>,
+    /// "Now", for signatures, ids and timestamps.
+    pub clock: Clock,
+    /// Recording ids being opened right now in this process, so that two uploads
+    /// started in the same millisecond for the same problem never share a key.
+    pub opening: Arc<Mutex<HashSet<(SessionId, RecordingId)>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("storage", &self.storage)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `storage`, with the system clock.
+    pub fn new(
+        config: Config,
+        storage: Arc<dyn Storage>,
+        secrets: &Secrets,
+        signer: Arc<UrlSigner>,
+    ) -> Self {
+        Self {
+            manifests: Manifests::new(storage.clone()),
+            storage,
+            config: Arc::new(config),
+            secret: Arc::new(secrets.server_secret.clone()),
+            signer,
+            researcher_token: Arc::from(secrets.researcher_token.as_str()),
+            clock: Arc::new(SystemTime::now),
+            opening: Arc::default(),
+        }
+    }
+
+    /// The same state with another clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time by this state's clock.
+    pub fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+}
+
+/// Why the storage backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("STORAGE_BACKEND: {0}")]
+pub struct BuildStorageError(pub String);
+
+/// The storage backend the configuration names. URLs the local backend hands out are
+/// signed by `signer` and point at this server's `/storage/...` routes; the S3 backend
+/// takes its credentials from the standard AWS chain and makes no request here.
+pub async fn build_storage(
+    config: &Config,
+    signer: Arc<UrlSigner>,
+) -> Result<Arc<dyn Storage>, BuildStorageError> {
+    match &config.backend {
+        StorageBackend::Local => Ok(Arc::new(LocalStorage::new(config.data_dir.clone(), signer))),
+        StorageBackend::S3(s3) => {
+            let settings = S3Settings {
+                bucket: s3.bucket.clone(),
+                endpoint: s3.endpoint.clone(),
+                public_endpoint: s3.public_endpoint.clone(),
+                region: s3.region.clone(),
+                force_path_style: Some(s3.force_path_style),
+                key_prefix: s3.key_prefix.clone(),
+            };
+            let storage = S3Storage::connect(settings)
+                .await
+                .map_err(|e| BuildStorageError(e.to_string()))?;
+            Ok(Arc::new(storage))
+        }
+    }
+}
+
+/// The whole application: the API, the old upload route, `/storage` (when this server
+/// plays the bucket), `/healthz`, and the static pages of `WWW_DIR`, with request
+/// tracing and CORS for `CORS_ORIGINS`.
+pub fn app(state: AppState) -> Router {
+    let api = routes::api::router().layer(DefaultBodyLimit::max(routes::JSON_BODY_LIMIT));
+    let legacy = routes::legacy::router().layer(DefaultBodyLimit::disable());
+    let www = ServeDir::new(&state.config.www_dir);
+    let cors = cors_layer(&state.config.cors_origins);
+    let storage = state.storage.clone();
+    let signer = state.signer.clone();
+
+    let mut router: Router = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .merge(legacy)
+        .with_state(state);
+    if matches!(storage.kind(), "local" | "memory") {
+        router = router.merge(storage_routes(storage, signer));
+    }
+    let router = router
+        .fallback_service(www)
+        .layer(TraceLayer::new_for_http());
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The routes with which this server plays the bucket for the local and memory
+/// backends.
+fn storage_routes(storage: Arc<dyn Storage>, signer: Arc<UrlSigner>) -> Router {
+    // Replaced by `crate::storage_routes::router(storage, signer)` once that lands.
+    let _ = (storage, signer);
+    Router::new()
+}
+
+async fn healthz(State(state): State<AppState>) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".to_owned(),
+        storage: state.config.backend.name().to_owned(),
+    })
+}
+
+fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
+    let allow = match origins {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::OPTIONS,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
+            .expose_headers([
+                header::ETAG,
+                header::CONTENT_RANGE,
+                header::CONTENT_LENGTH,
+                header::ACCEPT_RANGES,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
