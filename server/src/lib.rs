@@ -9,3 +9,4 @@ pub mod manifests;
 pub mod routes;
 pub mod signing;
 pub mod storage;
+pub mod storage_routes;
