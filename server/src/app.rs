@@ -134,6 +134,7 @@ pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     let storage = state.storage.clone();
     let signer = state.signer.clone();
+    let clock = state.clock.clone();
 
     let mut router: Router = Router::new()
         .route("/healthz", get(healthz))
@@ -141,7 +142,9 @@ pub fn app(state: AppState) -> Router {
         .merge(legacy)
         .with_state(state);
     if matches!(storage.kind(), "local" | "memory") {
-        router = router.merge(storage_routes(storage, signer));
+        router = router.merge(crate::storage_routes::router_with_clock(
+            storage, signer, clock,
+        ));
     }
     let router = router
         .fallback_service(www)
@@ -150,14 +153,6 @@ pub fn app(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
-}
-
-/// The routes with which this server plays the bucket for the local and memory
-/// backends.
-fn storage_routes(storage: Arc<dyn Storage>, signer: Arc<UrlSigner>) -> Router {
-    // Replaced by `crate::storage_routes::router(storage, signer)` once that lands.
-    let _ = (storage, signer);
-    Router::new()
 }
 
 async fn healthz(State(state): State<AppState>) -> axum::Json<Health> {
@@ -194,6 +189,7 @@ fn cors_layer(origins: &CorsOrigins) -> Option<CorsLayer> {
                 header::CONTENT_RANGE,
                 header::CONTENT_LENGTH,
                 header::ACCEPT_RANGES,
+                header::CONTENT_DISPOSITION,
             ])
             .max_age(Duration::from_secs(600)),
     )
