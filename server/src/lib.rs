@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod manifests;
 pub mod routes;
+pub mod s3_setup;
 pub mod signing;
 pub mod storage;
 pub mod storage_routes;

@@ -125,6 +125,8 @@ pub struct S3Storage {
     presigner: Client,
     bucket: String,
     prefix: String,
+    region: String,
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -132,6 +134,8 @@ impl std::fmt::Debug for S3Storage {
         f.debug_struct("S3Storage")
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -275,12 +279,30 @@ impl S3Storage {
             presigner,
             prefix: settings.normalized_prefix(),
             bucket: settings.bucket,
+            region,
+            endpoint: settings.endpoint,
         })
     }
 
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The key prefix in the bucket: empty, or ending in `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The endpoint the server talks to, as people say it: the custom endpoint, or
+    /// `AWS S3`.
+    pub fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or("AWS S3")
     }
 
     /// The SDK client for the server's own calls (used by the setup command).
@@ -464,9 +486,11 @@ fn download_content_type(name: &str) -> &'static str {
     }
 }
 
-/// What the stores answer for "no content type given"; reported as `None`.
+/// What stores answer for "no content type given" (AWS: `binary/octet-stream`, Garage:
+/// `application/octet-stream`); reported as `None`. The product never stores media
+/// under these types, so nothing is lost.
 fn is_default_content_type(ct: &str) -> bool {
-    matches!(ct, "binary/octet-stream" | "blob" | "")
+    matches!(ct, "binary/octet-stream" | "application/octet-stream" | "")
 }
 
 fn to_offset(dt: Option<&SdkDateTime>) -> Option<OffsetDateTime> {
