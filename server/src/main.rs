@@ -93,19 +93,19 @@ async fn serve(config: Config) -> ExitCode {
         StorageBackend::Local => format!("local {}/", config.data_dir.display()),
         StorageBackend::S3(s3) => format!("s3 {}/{}", s3.bucket, s3.key_prefix),
     };
-    println!(
-        "recorder listening on http://{bound}  (participant page: /, researcher page: \
-         /researcher.html, storage: {storage_line})"
-    );
-    if public_url != format!("http://{bound}") {
-        println!("public URL: {public_url}");
-    }
     if let Some(path) = &secrets.researcher_token_file {
         println!(
             "researcher token: {}  (from {}; set RESEARCHER_TOKEN to choose one)",
             secrets.researcher_token,
             path.display()
         );
+    }
+    println!(
+        "recorder listening on http://{bound}  (participant page: /, researcher page: \
+         /researcher.html, storage: {storage_line})"
+    );
+    if public_url != format!("http://{bound}") {
+        println!("public URL: {public_url}");
     }
     let state = AppState::new(config, storage, &secrets, signer);
     match app::serve(listener, app::app(state), shutdown_signal()).await {
