@@ -87,6 +87,19 @@ pub struct S3Settings {
     pub key_prefix: String,
 }
 
+impl From<&crate::config::S3Config> for S3Settings {
+    fn from(c: &crate::config::S3Config) -> Self {
+        Self {
+            bucket: c.bucket.clone(),
+            endpoint: c.endpoint.clone(),
+            public_endpoint: c.public_endpoint.clone(),
+            region: c.region.clone(),
+            force_path_style: Some(c.force_path_style),
+            key_prefix: c.key_prefix.clone(),
+        }
+    }
+}
+
 impl S3Settings {
     /// Settings for `bucket` at a custom endpoint, path-style, with no prefix.
     pub fn custom(
