@@ -16,8 +16,7 @@ use aws_sdk_s3::types::{
     ExpirationStatus, LifecycleRule, LifecycleRuleFilter,
 };
 
-use crate::config::{Config, CorsOrigins, S3Config};
-use crate::storage::s3::{S3Settings, S3Storage};
+use crate::storage::s3::S3Storage;
 
 /// The id of the CORS rule `setup-s3` writes (other rules on the bucket are kept).
 pub const CORS_RULE_ID: &str = "recorder-browser-uploads";
@@ -50,75 +49,6 @@ impl CheckReport {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
-}
-
-/// The origins browsers load the pages from, which the bucket must admit: the origin of
-/// `public_url` (how browsers reach this server) and every `CORS_ORIGINS` entry (`*`
-/// when any origin may call the API).
-pub fn page_origins(config: &Config, public_url: &str) -> Vec<String> {
-    if config.cors_origins == CorsOrigins::Any {
-        return vec!["*".to_owned()];
-    }
-    let mut origins = vec![origin_of(public_url)];
-    if let CorsOrigins::List(list) = &config.cors_origins {
-        origins.extend(list.iter().map(|o| origin_of(o)));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    origins.retain(|o| seen.insert(o.clone()));
-    origins
-}
-
-/// `scheme://host[:port]` of a URL (what a browser sends as `Origin`).
-fn origin_of(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    match url.find("://") {
-        Some(i) => match url[i + 3..].find('/') {
-            Some(j) => url[..i + 3 + j].to_owned(),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// The start-up check for `STORAGE_BACKEND=s3`: builds a backend from the same
-/// settings and credentials chain as the server's and runs [`self_check`] for the
-/// pages' origins.
-pub async fn check_at_startup(config: &Config, s3: &S3Config, public_url: &str) -> CheckReport {
-    match S3Storage::connect(S3Settings::from(s3)).await {
-        Ok(storage) => self_check(&storage, &page_origins(config, public_url)).await,
-        Err(e) => CheckReport {
-            problems: vec![e.to_string()],
-            warnings: Vec::new(),
-        },
-    }
-}
-
-/// `recorder-server setup-s3`: applies the bucket rules for the pages' origins, then
-/// checks the result. Returns the lines to print, or the line saying what failed.
-pub async fn setup_command(
-    config: &Config,
-    s3: &S3Config,
-    public_url: &str,
-    abort_after_days: i32,
-) -> Result<Vec<String>, String> {
-    let storage = S3Storage::connect(S3Settings::from(s3))
-        .await
-        .map_err(|e| e.to_string())?;
-    let origins = page_origins(config, public_url);
-    let mut lines = apply(&storage, &origins, abort_after_days).await?;
-    let report = self_check(&storage, &origins).await;
-    if let Some(problem) = report.problems.first() {
-        return Err(format!(
-            "the bucket still fails the start-up check: {problem}"
-        ));
-    }
-    lines.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
-    lines.push(format!(
-        "bucket {}: ready for pages at {}",
-        storage.bucket(),
-        origins.join(", ")
-    ));
-    Ok(lines)
 }
 
 const SETUP_HINT: &str = "run `recorder-server setup-s3` with the same environment to fix it";
@@ -548,16 +478,6 @@ mod tests {
         ));
         let any = rule(&["*"], &["GET", "PUT", "HEAD"], &["*"], &["ETag"]);
         assert_eq!(cors_gap(&[any], "http://x:1"), None);
-    }
-
-    #[test]
-    fn origins_are_scheme_host_and_port_only() {
-        assert_eq!(
-            origin_of("https://study.example.org/recorder/"),
-            "https://study.example.org"
-        );
-        assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-        assert_eq!(origin_of("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
     }
 
     #[test]
