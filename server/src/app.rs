@@ -19,7 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Config, CorsOrigins, Secrets, StorageBackend};
+use crate::config::{Config, CorsOrigins, S3Config, Secrets, StorageBackend};
 use crate::manifests::Manifests;
 use crate::routes;
 use crate::signing::{Secret, UrlSigner};
@@ -107,21 +107,47 @@ pub async fn build_storage(
 ) -> Result<Arc<dyn Storage>, BuildStorageError> {
     match &config.backend {
         StorageBackend::Local => Ok(Arc::new(LocalStorage::new(config.data_dir.clone(), signer))),
-        StorageBackend::S3(s3) => {
-            let settings = S3Settings {
-                bucket: s3.bucket.clone(),
-                endpoint: s3.endpoint.clone(),
-                public_endpoint: s3.public_endpoint.clone(),
-                region: s3.region.clone(),
-                force_path_style: Some(s3.force_path_style),
-                key_prefix: s3.key_prefix.clone(),
-            };
-            let storage = S3Storage::connect(settings)
-                .await
-                .map_err(|e| BuildStorageError(e.to_string()))?;
-            Ok(Arc::new(storage))
+        StorageBackend::S3(s3) => Ok(Arc::new(connect_s3(s3).await?)),
+    }
+}
+
+/// The S3 backend for these settings, credentials from the standard AWS chain. Makes no
+/// request (see [`crate::s3_setup::self_check`] for that).
+pub async fn connect_s3(s3: &S3Config) -> Result<S3Storage, BuildStorageError> {
+    let settings = S3Settings {
+        bucket: s3.bucket.clone(),
+        endpoint: s3.endpoint.clone(),
+        public_endpoint: s3.public_endpoint.clone(),
+        region: s3.region.clone(),
+        force_path_style: Some(s3.force_path_style),
+        key_prefix: s3.key_prefix.clone(),
+    };
+    S3Storage::connect(settings)
+        .await
+        .map_err(|e| BuildStorageError(e.to_string()))
+}
+
+/// The origins browsers load the pages from and call the store from: the public URL's
+/// origin plus `CORS_ORIGINS` (`*` alone when any origin is allowed). The bucket's
+/// CORS rules must admit all of them.
+pub fn browser_origins(config: &Config, public_url: &str) -> Vec<String> {
+    if config.cors_origins == CorsOrigins::Any {
+        return vec!["*".to_owned()];
+    }
+    let scheme_end = public_url.find("://").map_or(0, |i| i + 3);
+    let origin = match public_url[scheme_end..].find('/') {
+        Some(i) => &public_url[..scheme_end + i],
+        None => public_url,
+    };
+    let mut origins = vec![origin.to_ascii_lowercase()];
+    if let CorsOrigins::List(list) = &config.cors_origins {
+        for o in list {
+            if !origins.contains(o) {
+                origins.push(o.clone());
+            }
         }
     }
+    origins
 }
 
 /// The whole application: the API, the old upload route, `/storage` (when this server
@@ -205,4 +231,23 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browser_origins_are_the_public_origin_and_the_cors_list() {
+        let config = Config::from_vars(|n| {
+            (n == "CORS_ORIGINS").then(|| "https://study.example.org".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            browser_origins(&config, "https://Rec.example.org/app"),
+            ["https://rec.example.org", "https://study.example.org"]
+        );
+        let any = Config::from_vars(|n| (n == "CORS_ORIGINS").then(|| "*".to_owned())).unwrap();
+        assert_eq!(browser_origins(&any, "http://127.0.0.1:8080"), ["*"]);
+    }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! recorder-server            # same as `recorder-server serve`
 //! recorder-server serve
+//! recorder-server setup-s3   # STORAGE_BACKEND=s3: CORS and lifecycle rules on the bucket
 //! ```
 
 use std::process::ExitCode;
@@ -28,6 +29,14 @@ struct Cli {
 enum Command {
     /// Serve the API, the pages and (for local storage) the storage routes. The default.
     Serve,
+    /// Prepare the S3 bucket for browsers: a CORS rule for the page origins (PUBLIC_URL
+    /// and CORS_ORIGINS) and a lifecycle rule that aborts abandoned multipart uploads.
+    /// Other rules on the bucket are kept.
+    SetupS3 {
+        /// Days after which an unfinished multipart upload is aborted.
+        #[arg(long, default_value_t = server::s3_setup::DEFAULT_ABORT_AFTER_DAYS)]
+        abort_after_days: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +61,37 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::SetupS3 { abort_after_days } => {
+            runtime.block_on(setup_s3(config, abort_after_days))
+        }
+    }
+}
+
+async fn setup_s3(config: Config, abort_after_days: i32) -> ExitCode {
+    let StorageBackend::S3(s3) = &config.backend else {
+        eprintln!("recorder: STORAGE_BACKEND: setup-s3 needs STORAGE_BACKEND=s3");
+        return ExitCode::from(2);
+    };
+    let storage = match app::connect_s3(s3).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("recorder: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let public_url = config.public_url_for(config.bind_addr);
+    let origins = app::browser_origins(&config, &public_url);
+    match server::s3_setup::apply(&storage, &origins, abort_after_days).await {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("recorder: setup-s3 failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -82,7 +122,26 @@ async fn serve(config: Config) -> ExitCode {
     };
     let public_url = config.public_url_for(bound);
     let signer = Arc::new(UrlSigner::new(secrets.server_secret.clone(), &public_url));
-    let storage = match app::build_storage(&config, signer.clone()).await {
+    let storage = match &config.backend {
+        StorageBackend::S3(s3) => match app::connect_s3(s3).await {
+            Ok(s3_storage) => {
+                // Browsers cannot upload to a bucket whose CORS rules do not admit the
+                // pages; say so now rather than when a participant's upload fails.
+                let origins = app::browser_origins(&config, &public_url);
+                let report = server::s3_setup::self_check(&s3_storage, &origins).await;
+                for problem in &report.problems {
+                    eprintln!("recorder: storage problem: {problem}");
+                }
+                for warning in &report.warnings {
+                    tracing::warn!("{warning}");
+                }
+                Ok(Arc::new(s3_storage) as Arc<dyn server::storage::Storage>)
+            }
+            Err(e) => Err(e),
+        },
+        StorageBackend::Local => app::build_storage(&config, signer.clone()).await,
+    };
+    let storage = match storage {
         Ok(s) => s,
         Err(e) => {
             eprintln!("recorder: invalid configuration: {e}");

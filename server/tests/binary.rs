@@ -3,6 +3,7 @@
 //! TCP where an HTTP client would clean up the path first), killed on drop.
 
 mod common;
+mod garage;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -668,4 +669,107 @@ fn sigterm_stops_the_server_gracefully() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_the_binary_prepares_the_bucket_and_uploads_go_straight_to_it() {
+    let bucket = garage::GarageNode::shared().bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let s3_vars = [
+        ("STORAGE_BACKEND", "s3"),
+        ("S3_BUCKET", bucket.bucket.as_str()),
+        ("S3_ENDPOINT", bucket.endpoint.as_str()),
+        ("S3_REGION", garage::REGION),
+        ("AWS_ACCESS_KEY_ID", bucket.access_key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", bucket.secret_access_key.as_str()),
+        ("CORS_ORIGINS", "http://study.example.org"),
+        ("RESEARCHER_TOKEN", RESEARCHER),
+        ("SERVER_SECRET", SECRET),
+    ];
+    let setup = Command::new(env!("CARGO_BIN_EXE_recorder-server"))
+        .arg("setup-s3")
+        .env_clear()
+        .envs(s3_vars)
+        .env("DATA_DIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+
+    let server = Server::start(dir.path(), &s3_vars);
+    let banner = server.banner.join("\n");
+    assert!(
+        banner.contains(&format!("storage: s3 {}/", bucket.bucket)),
+        "{banner}"
+    );
+    let api = Api::new(&server);
+    let (_, health) = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(health["storage"], "s3");
+
+    let (session, token) = api.create_session().await;
+    let start = api.start_upload(&session, &token, "p1").await;
+    let all = Bytes::from(webm_bytes(5 * MIB + 777));
+    let specs = api
+        .upload_parts(
+            &session,
+            &token,
+            &start,
+            &[all.slice(..5 * MIB), all.slice(5 * MIB..)],
+        )
+        .await;
+    let (status, done) = api.complete(&session, &token, &start, &specs).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["recording"]["size"], all.len());
+    let rec = start["recording_id"].as_str().unwrap();
+    let (_, play) = api
+        .call(
+            "GET",
+            &format!("/api/sessions/{session}/recordings/{rec}/url"),
+            Some(RESEARCHER),
+            None,
+        )
+        .await;
+    let url = play["url"].as_str().unwrap();
+    assert!(url.starts_with(&bucket.endpoint), "{url}");
+    let res = api
+        .http
+        .get(url)
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(res.bytes().await.unwrap(), all.slice(..100));
+
+    let (ct, body) = common::multipart(&[
+        ("problem_id", None, b"p2"),
+        ("recording", Some("r.webm"), &webm_bytes(4096)),
+    ]);
+    let res = api
+        .http
+        .post(format!("{}/sessions/{session}/recording", api.base))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    assert!(
+        v["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{}/sessions/{session}/", bucket.bucket)),
+        "{v}"
+    );
+    let m = api.manifest(&session).await;
+    assert_eq!(m["recordings"].as_array().unwrap().len(), 2);
+    assert!(
+        tree(dir.path()).is_empty(),
+        "nothing was written to DATA_DIR in s3 mode"
+    );
 }
