@@ -1,0 +1,249 @@
+// Browser end-to-end: the real server binary (local storage in a temporary DATA_DIR),
+// the real wasm client and pages, headless Debian chromium with a fake camera fed by
+// a noise video so that MediaRecorder produces megabytes quickly.
+//
+//   cargo build -p server && scripts/dev web && node --test e2e/
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import {
+  ARTIFACTS,
+  RESEARCHER_TOKEN,
+  launchBrowser,
+  startServer,
+  tempDir,
+  waitFor,
+  writeNoiseY4m,
+} from "./harness.js";
+
+const MIB = 1024 * 1024;
+// Noise at 8 Mbit/s fills a 5 MiB part every five seconds or so.
+const VIDEO_BPS = 8_000_000;
+
+let temp;
+let server;
+let browser;
+let dataDir;
+let sessionId;
+let sessionToken;
+let videoEntry;
+let audioEntry;
+
+/** The dataset and texts of a problem's list item on the participant page. */
+function problemState(page, problem) {
+  return page.$eval(`li[data-problem="${problem}"]`, (li) => ({
+    ...li.dataset,
+    error: li.querySelector(".problem-error").textContent,
+  }));
+}
+
+async function api(path, token) {
+  const res = await fetch(`${server.url}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  assert.equal(res.status, 200, `${path}: ${res.status} ${await res.clone().text()}`);
+  return res.json();
+}
+
+/** Reads the stored object of a manifest entry from DATA_DIR, as the local backend keeps it. */
+function storedObject(key) {
+  const bytes = readFileSync(join(dataDir, ...key.split("/")));
+  return { bytes, sha256: createHash("sha256").update(bytes).digest("hex") };
+}
+
+/** Records `problem` until `enough(state)` holds, then stops; returns what the page saw. */
+async function recordProblem(page, problem, enough, what) {
+  const started = Date.now();
+  await page.click(`li[data-problem="${problem}"] button.record`);
+  await waitFor(async () => (await problemState(page, problem)).state === "recording", 30_000, `${problem} recording`);
+  const during = await waitFor(async () => {
+    const s = await problemState(page, problem);
+    assert.ok(!["failed", "cancelled"].includes(s.state), `recording ended early: ${s.error}`);
+    return enough(s) ? s : null;
+  }, 120_000, what);
+  const screenshotPath = join(ARTIFACTS, `participant-recording-${problem}.png`);
+  await page.screenshot({ path: screenshotPath, fullPage: true });
+  await page.click(`li[data-problem="${problem}"] button.stop`);
+  const stoppedAt = Date.now();
+  const done = await waitFor(async () => {
+    const s = await problemState(page, problem);
+    return ["complete", "failed"].includes(s.state) ? s : null;
+  }, 120_000, `${problem} to complete`);
+  assert.equal(done.state, "complete", `upload did not complete: ${done.error}`);
+  return { during, done, elapsedMs: stoppedAt - started };
+}
+
+describe("recording in the browser, straight to storage", { timeout: 600_000 }, () => {
+  before(async () => {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    temp = tempDir("recorder-e2e-");
+    dataDir = join(temp.dir, "data");
+    const y4m = join(temp.dir, "noise.y4m");
+    await writeNoiseY4m(y4m, { width: 640, height: 480, frames: 30 });
+    server = await startServer(dataDir);
+    browser = await launchBrowser(y4m, join(temp.dir, "profile"));
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+    temp?.cleanup();
+  });
+
+  it("uploads a webcam recording part by part while recording, and stores it intact", async () => {
+    const page = await browser.newPage();
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    await page.goto(`${server.url}/index.html?problems=p1,p2&study=e2e&vbps=${VIDEO_BPS}`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.fill("#participant", "P-042");
+    await page.click("#create-session");
+    await page.waitForSelector("#joined:not(.hidden)");
+    const url = new URL(page.url());
+    sessionId = url.searchParams.get("session");
+    sessionToken = url.searchParams.get("token");
+    assert.ok(sessionId && sessionToken, "the page keeps the session and token in its URL");
+
+    const { during, done, elapsedMs } = await recordProblem(
+      page,
+      "p1",
+      (s) => Number(s.partsStored) >= 3,
+      "three parts stored while recording",
+    );
+    // The parts reached storage while the camera was still recording.
+    assert.equal(during.state, "recording");
+    assert.ok(Number(during.partsStored) >= 3);
+    assert.ok(Number(during.bytesStored) >= 3 * 5 * MIB);
+    assert.ok(Number(during.bytesStored) < Number(during.bytesRecorded) + 1);
+
+    assert.match(done.mimeType, /^video\/webm/);
+    const size = Number(done.size);
+    assert.equal(size, Number(done.bytesRecorded), "every recorded byte was stored");
+    assert.ok(size > 3 * 5 * MIB, `a recording of at least three parts (got ${size} bytes)`);
+
+    // The object on disk: WebM magic, the size and the SHA-256 the page computed.
+    const stored = storedObject(done.key);
+    assert.deepEqual([...stored.bytes.subarray(0, 4)], [0x1a, 0x45, 0xdf, 0xa3]);
+    assert.equal(stored.bytes.length, size);
+    assert.equal(stored.sha256, done.sha256);
+
+    // The manifest entry is complete, with the same facts and a plausible duration.
+    const manifest = await api(`/api/sessions/${sessionId}`, sessionToken);
+    assert.equal(manifest.metadata.participant, "P-042");
+    videoEntry = manifest.recordings.find((r) => r.id === done.recordingId);
+    assert.ok(videoEntry, "the recording is in the manifest");
+    assert.equal(videoEntry.status, "complete");
+    assert.equal(videoEntry.problem_id, "p1");
+    assert.equal(videoEntry.size, size);
+    assert.equal(videoEntry.sha256, done.sha256);
+    assert.equal(videoEntry.content_type, done.mimeType);
+    assert.ok(
+      videoEntry.duration_ms > 2_000 && videoEntry.duration_ms <= elapsedMs + 1_000,
+      `duration ${videoEntry.duration_ms} ms for ${elapsedMs} ms between record and stop`,
+    );
+    await page.screenshot({ path: join(ARTIFACTS, "participant.png"), fullPage: true });
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it("records the microphone alone", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/index.html?problems=p1,p2&session=${sessionId}&token=${sessionToken}`);
+    await page.waitForSelector("body[data-ready=true]");
+    // The earlier recording of p1 is shown as stored.
+    assert.equal((await problemState(page, "p1")).state, "complete");
+    await page.check('input[name="kind"][value="audio"]');
+    const { done } = await recordProblem(
+      page,
+      "p2",
+      (s) => Number(s.bytesRecorded) > 0 && Number(s.partsStored) === 0,
+      "some audio recorded",
+    );
+    assert.match(done.mimeType, /^audio\//);
+    const stored = storedObject(done.key);
+    assert.equal(stored.bytes.length, Number(done.size));
+    assert.equal(stored.sha256, done.sha256);
+    assert.deepEqual([...stored.bytes.subarray(0, 4)], [0x1a, 0x45, 0xdf, 0xa3]);
+    const manifest = await api(`/api/sessions/${sessionId}`, RESEARCHER_TOKEN);
+    audioEntry = manifest.recordings.find((r) => r.id === done.recordingId);
+    assert.equal(audioEntry.status, "complete");
+    assert.equal(audioEntry.problem_id, "p2");
+    assert.match(audioEntry.content_type, /^audio\/webm/);
+    await page.close();
+  });
+
+  it("lists the session for the researcher and plays the recordings with seeking", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/researcher.html`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.fill("#token", RESEARCHER_TOKEN);
+    await page.click('#token-form button[type="submit"]');
+    const row = page.locator(`#sessions tr[data-session-id="${sessionId}"]`);
+    await row.waitFor();
+    const rowText = await row.textContent();
+    assert.match(rowText, /e2e \/ P-042/);
+    assert.match(rowText, /2 complete/);
+    await row.getByRole("button", { name: `Open session ${sessionId}` }).click();
+    await page.waitForSelector("#detail:not(.hidden)");
+
+    // The video: it plays, and after the duration is learnt it seeks.
+    const videoRow = page.locator(`tr[data-recording-id="${videoEntry.id}"]`);
+    assert.match(await videoRow.textContent(), /complete/);
+    await videoRow.getByRole("button", { name: `Play ${videoEntry.id}` }).click();
+    const video = page.locator(`video[data-recording-id="${videoEntry.id}"]`);
+    await video.waitFor();
+    await waitFor(() => video.getAttribute("data-duration"), 60_000, "the video's duration");
+    const duration = Number(await video.getAttribute("data-duration"));
+    assert.ok(
+      Math.abs(duration * 1000 - videoEntry.duration_ms) < 2_500,
+      `media duration ${duration} s against the manifest's ${videoEntry.duration_ms} ms`,
+    );
+    await video.evaluate((v) => v.play());
+    await waitFor(() => video.evaluate((v) => v.currentTime > 0.5), 30_000, "the video to play");
+    const seekedTo = await video.evaluate(
+      (v, to) => new Promise((resolve) => {
+        v.addEventListener("seeked", () => resolve(v.currentTime), { once: true });
+        v.currentTime = to;
+      }),
+      Math.min(2, duration / 2),
+    );
+    assert.ok(Math.abs(seekedTo - Math.min(2, duration / 2)) < 0.6, `seeked to ${seekedTo}`);
+    const before = await video.evaluate((v) => v.currentTime);
+    await waitFor(() => video.evaluate((v, t) => v.currentTime > t + 0.3, before), 30_000, "playback after the seek");
+    await video.evaluate((v) => v.pause());
+
+    // The audio plays too.
+    await page.getByRole("button", { name: `Play ${audioEntry.id}` }).click();
+    const audio = page.locator(`audio[data-recording-id="${audioEntry.id}"]`);
+    await audio.waitFor();
+    await waitFor(() => audio.getAttribute("data-duration"), 30_000, "the audio's duration");
+    await audio.evaluate((a) => a.play());
+    await waitFor(() => audio.evaluate((a) => a.currentTime > 0.3), 30_000, "the audio to play");
+    await audio.evaluate((a) => a.pause());
+
+    // The manifest download is a JSON file of this session.
+    const href = await page.getAttribute("#manifest-download", "href");
+    const manifest = JSON.parse(await page.evaluate((u) => fetch(u).then((r) => r.text()), href));
+    assert.equal(manifest.session_id, sessionId);
+    await page.screenshot({ path: join(ARTIFACTS, "researcher.png"), fullPage: true });
+    await page.close();
+  });
+
+  it("cancelling a recording aborts its upload", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/index.html?problems=p1&session=${sessionId}&token=${sessionToken}&vbps=${VIDEO_BPS}`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.click('li[data-problem="p1"] button.record');
+    const during = await waitFor(async () => {
+      const s = await problemState(page, "p1");
+      return s.state === "recording" && Number(s.partsStored) >= 1 ? s : null;
+    }, 120_000, "a part stored before cancelling");
+    await page.click('li[data-problem="p1"] button.cancel');
+    await waitFor(async () => (await problemState(page, "p1")).state === "cancelled", 30_000, "cancelled");
+    const manifest = await api(`/api/sessions/${sessionId}`, sessionToken);
+    const entry = manifest.recordings.find((r) => r.id === during.recordingId);
+    assert.equal(entry.status, "aborted");
+    assert.throws(() => statSync(join(dataDir, ...entry.key.split("/"))), /ENOENT/);
+    await page.close();
+  });
+});
