@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use shared::ObjectKey;
 use shared::api::PresignedRequest;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::memory::{check_dir_prefix, check_part_request, check_presign, resolve_range};
@@ -581,9 +581,24 @@ enum Limit {
     Exactly(u64),
 }
 
-/// Streams `body` into `file` through a large buffer, refusing it once it passes its
-/// limit, then syncs the file once. With `etag`, also hashes the body and appends the
-/// ETag as a trailer (the part-file format), and returns it.
+/// What the network side hands the disk side of [`fill`].
+enum Chunk {
+    Data(Bytes),
+    /// The body is complete and within its limit: finish and sync the file.
+    End,
+}
+
+/// How many chunks may wait between the network and the disk.
+const CHUNKS_IN_FLIGHT: usize = 32;
+
+/// Streams `body` into `file`, refusing it once it passes its limit, then syncs the file
+/// once. With `etag`, also hashes the body and appends the ETag as a trailer (the
+/// part-file format), and returns it.
+///
+/// The network side (this task) and the disk side (a blocking thread writing through a
+/// large buffer, and hashing) run side by side, connected by a small bounded channel:
+/// the disk sees large sequential writes, the runtime's threads never block, and memory
+/// stays flat whatever the size.
 async fn fill(
     file: tokio::fs::File,
     mut body: ByteStream,
@@ -593,38 +608,68 @@ async fn fill(
     let max = match limit {
         Limit::AtMost(n) | Limit::Exactly(n) => n,
     };
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut hasher = etag.then(Sha256::new);
+    let file = file.into_std().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+    let disk = tokio::task::spawn_blocking(move || write_chunks(file, rx, etag));
+
     let mut size = 0u64;
-    let write_error = |e: io::Error| StorageError::backend(format!("write a temporary file: {e}"));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(StorageError::backend)?;
-        size += chunk.len() as u64;
-        if size > max {
-            return Err(StorageError::TooLarge { limit: max });
+    let received: Result<()> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(StorageError::backend)?;
+            size += chunk.len() as u64;
+            if size > max {
+                return Err(StorageError::TooLarge { limit: max });
+            }
+            if tx.send(Chunk::Data(chunk)).await.is_err() {
+                // The disk side failed; its error is the one to report.
+                return Ok(());
+            }
         }
-        if let Some(hasher) = &mut hasher {
-            hasher.update(&chunk);
+        if let Limit::Exactly(expected) = limit {
+            if size < expected {
+                return Err(StorageError::Truncated {
+                    got: size,
+                    expected,
+                });
+            }
         }
-        out.write_all(&chunk).await.map_err(write_error)?;
+        let _ = tx.send(Chunk::End).await;
+        Ok(())
     }
-    if let Limit::Exactly(expected) = limit {
-        if size < expected {
-            return Err(StorageError::Truncated {
-                got: size,
-                expected,
-            });
+    .await;
+    // Without `End`, the disk side stops at once and syncs nothing.
+    drop(tx);
+    let written = disk.await.map_err(StorageError::backend)?;
+    received?;
+    written.map_err(|e| StorageError::backend(format!("write a temporary file: {e}")))
+}
+
+/// The disk side of [`fill`].
+fn write_chunks(
+    file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+    etag: bool,
+) -> io::Result<Option<String>> {
+    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut hasher = etag.then(Sha256::new);
+    loop {
+        match rx.blocking_recv() {
+            Some(Chunk::Data(chunk)) => {
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(&chunk);
+                }
+                out.write_all(&chunk)?;
+            }
+            Some(Chunk::End) => break,
+            None => return Err(io::Error::other("the body was abandoned")),
         }
     }
     let etag = hasher.map(|h| hex::encode(&h.finalize()[..ETAG_LEN / 2]));
     if let Some(etag) = &etag {
-        out.write_all(etag.as_bytes()).await.map_err(write_error)?;
+        out.write_all(etag.as_bytes())?;
     }
-    out.flush().await.map_err(write_error)?;
-    out.into_inner()
-        .sync_all()
-        .await
-        .map_err(|e| StorageError::backend(format!("sync a temporary file: {e}")))?;
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()?;
     Ok(etag)
 }
 
