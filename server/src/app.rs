@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
 use axum::routing::get;
 use shared::api::Health;
 use shared::{RecordingId, SessionId};
@@ -174,11 +175,22 @@ pub fn app(state: AppState) -> Router {
     }
     let router = router
         .fallback_service(www)
+        .layer(axum::middleware::map_response(close_after_refused_body))
         .layer(TraceLayer::new_for_http());
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// A 413 is answered before the body is read, and the connection is then closed
+/// rather than drained; saying so keeps clients from sending their next request on it.
+async fn close_after_refused_body(mut res: Response) -> Response {
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
 }
 
 async fn healthz(State(state): State<AppState>) -> axum::Json<Health> {

@@ -1031,6 +1031,10 @@ async fn the_old_route_refuses_non_media_oversize_and_missing_fields_leaving_not
     ] {
         let a = h.send(legacy_request("s1", &ct, body, None)).await;
         assert_eq!((a.status.as_u16(), a.code().as_str()), (413, "too_large"));
+        assert_eq!(
+            a.headers["connection"], "close",
+            "the client must not reuse the connection"
+        );
     }
     let (ct, body) = multipart(&[("recording", Some("x.webm"), &webm_bytes(10))]);
     let a = h.send(legacy_request("s1", &ct, body, None)).await;

@@ -19,7 +19,8 @@ use axum::Json;
 use axum::Router;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -55,6 +56,25 @@ pub fn router() -> Router<AppState> {
 async fn upload(
     State(state): State<AppState>,
     SessionParam(session): SessionParam,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    match handle(state, session, headers, multipart).await {
+        Ok(answer) => answer.into_response(),
+        Err(e) => {
+            // The rest of a refused body may be unread; the connection is then closed,
+            // and the client must not send its next request on it.
+            let mut res = e.into_response();
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            res
+        }
+    }
+}
+
+async fn handle(
+    state: AppState,
+    session: SessionId,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<LegacyUploadResponse>, ApiError> {
