@@ -51,25 +51,34 @@ function storedObject(key) {
   return { bytes, sha256: createHash("sha256").update(bytes).digest("hex") };
 }
 
-/** Records `problem` until `enough(state)` holds, then stops; returns what the page saw. */
-async function recordProblem(page, problem, enough, what) {
-  const started = Date.now();
-  await page.click(`li[data-problem="${problem}"] button.record`);
-  await waitFor(async () => (await problemState(page, problem)).state === "recording", 30_000, `${problem} recording`);
-  const during = await waitFor(async () => {
+/** Waits until the recording of `problem` satisfies `enough`, failing if it ends early. */
+async function recordUntil(page, problem, enough, what, since = Date.now(), minMs = 0) {
+  return waitFor(async () => {
     const s = await problemState(page, problem);
     assert.ok(!["failed", "cancelled"].includes(s.state), `recording ended early: ${s.error}`);
-    return enough(s) ? s : null;
+    return s.state === "recording" && enough(s) && Date.now() - since >= minMs ? s : null;
   }, 120_000, what);
-  const screenshotPath = join(ARTIFACTS, `participant-recording-${problem}.png`);
-  await page.screenshot({ path: screenshotPath, fullPage: true });
+}
+
+/** Stops the recording of `problem` and waits for its upload to complete. */
+async function stopAndWait(page, problem) {
+  await page.screenshot({ path: join(ARTIFACTS, `participant-recording-${problem}.png`), fullPage: true });
   await page.click(`li[data-problem="${problem}"] button.stop`);
-  const stoppedAt = Date.now();
   const done = await waitFor(async () => {
     const s = await problemState(page, problem);
     return ["complete", "failed"].includes(s.state) ? s : null;
   }, 120_000, `${problem} to complete`);
   assert.equal(done.state, "complete", `upload did not complete: ${done.error}`);
+  return done;
+}
+
+/** Records `problem` until `enough(state)` holds, then stops; returns what the page saw. */
+async function recordProblem(page, problem, enough, what, minMs = 0) {
+  const started = Date.now();
+  await page.click(`li[data-problem="${problem}"] button.record`);
+  const during = await recordUntil(page, problem, enough, what, started, minMs);
+  const stoppedAt = Date.now();
+  const done = await stopAndWait(page, problem);
   return { during, done, elapsedMs: stoppedAt - started };
 }
 
@@ -158,6 +167,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
       "p2",
       (s) => Number(s.bytesRecorded) > 0 && Number(s.partsStored) === 0,
       "some audio recorded",
+      3_000,
     );
     assert.match(done.mimeType, /^audio\//);
     const stored = storedObject(done.key);
@@ -244,6 +254,87 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     const entry = manifest.recordings.find((r) => r.id === during.recordingId);
     assert.equal(entry.status, "aborted");
     assert.throws(() => statSync(join(dataDir, ...entry.key.split("/"))), /ENOENT/);
+    await page.close();
+  });
+
+  it("retries failed part uploads, re-signs rejected ones, and pauses while offline", async () => {
+    const page = await browser.newPage();
+    // The storage misbehaves once for each of the first parts: a 503, a refused
+    // signature, a dropped connection.
+    const faults = new Map([["1", "503"], ["2", "403"], ["3", "drop"]]);
+    const attempts = [];
+    await page.route("**/storage/**", async (route) => {
+      const request = route.request();
+      const part = new URL(request.url()).searchParams.get("part");
+      if (request.method() !== "PUT" || !part) return route.continue();
+      const fault = faults.get(part);
+      faults.delete(part);
+      attempts.push({ part, fault: fault ?? "ok" });
+      if (fault === "503") return route.fulfill({ status: 503, body: "try again" });
+      if (fault === "403") return route.fulfill({ status: 403, body: "signature expired" });
+      if (fault === "drop") return route.abort("connectionreset");
+      return route.continue();
+    });
+    await page.goto(`${server.url}/index.html?problems=p3&session=${sessionId}&token=${sessionToken}&vbps=${VIDEO_BPS}`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.click('li[data-problem="p3"] button.record');
+    await waitFor(async () => Number((await problemState(page, "p3")).partsStored) >= 1, 120_000, "a first part");
+
+    // Offline: no part is stored meanwhile, and the page says so; back online, it resumes.
+    await browser.setOffline(true);
+    await waitFor(() => page.$eval('li[data-problem="p3"] .detail', (d) => /offline/.test(d.textContent)), 10_000, "the offline notice");
+    const storedWhenOffline = Number((await problemState(page, "p3")).partsStored);
+    await new Promise((r) => setTimeout(r, 5_000));
+    const whileOffline = await problemState(page, "p3");
+    assert.equal(whileOffline.state, "recording");
+    assert.ok(Number(whileOffline.partsStored) <= storedWhenOffline + 1, "at most a part already sent lands offline");
+    await browser.setOffline(false);
+
+    await recordUntil(page, "p3", (s) => Number(s.partsStored) >= 4, "four parts stored after the outage")
+      .catch((e) => { throw new Error(`${e.message}; attempts: ${JSON.stringify(attempts)}`); });
+    const done = await stopAndWait(page, "p3");
+    assert.deepEqual(
+      attempts.filter((a) => a.fault !== "ok").map((a) => a.fault).sort(),
+      ["403", "503", "drop"],
+      "every fault was met",
+    );
+    for (const part of ["1", "2", "3"]) {
+      assert.ok(attempts.some((a) => a.part === part && a.fault === "ok"), `part ${part} was retried`);
+    }
+    const stored = storedObject(done.key);
+    assert.equal(stored.bytes.length, Number(done.size));
+    assert.equal(stored.sha256, done.sha256);
+    await page.close();
+  });
+
+  it("reports errors a person can act on through the embed API", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/index.html`);
+    await page.waitForSelector("body[data-ready=true]");
+    const outcome = await page.evaluate(async ({ sessionId, sessionToken }) => {
+      const { Recorder } = await import("./pkg/client.js");
+      const results = {};
+      const events = [];
+      const noCamera = new Recorder({
+        token: sessionToken, sessionId, problemId: "p9", kind: "av", deviceId: "no-such-camera",
+      });
+      noCamera.on("error", (reason) => events.push(reason.code));
+      try { await noCamera.start(); } catch (e) { results.noCamera = { code: e.code, message: e.message, state: noCamera.state }; }
+      const badToken = new Recorder({ token: "not-a-token", sessionId, problemId: "p9", kind: "audio" });
+      try { await badToken.start(); } catch (e) { results.badToken = { code: e.code, message: e.message }; }
+      try { new Recorder({ token: "t", sessionId: "../etc", problemId: "p9" }); } catch (e) { results.badId = e.message; }
+      try { new Recorder({ token: "t", sessionId, problemId: "p9", kind: "webcam" }); } catch (e) { results.badKind = e.message; }
+      results.events = events;
+      return results;
+    }, { sessionId, sessionToken });
+    assert.equal(outcome.noCamera.code, "no_device");
+    assert.equal(outcome.noCamera.state, "failed");
+    assert.match(outcome.noCamera.message, /No camera or microphone/);
+    assert.deepEqual(outcome.events, ["no_device"]);
+    assert.equal(outcome.badToken.code, "server_error");
+    assert.match(outcome.badToken.message, /40[13].*token/);
+    assert.match(outcome.badId, /session id/);
+    assert.match(outcome.badKind, /kind must be/);
     await page.close();
   });
 });
