@@ -152,6 +152,7 @@ async fn serve(config: Config) -> ExitCode {
         StorageBackend::Local => format!("local {}/", config.data_dir.display()),
         StorageBackend::S3(s3) => format!("s3 {}/{}", s3.bucket, s3.key_prefix),
     };
+    let shutdown = shutdown_signal();
     if let Some(path) = &secrets.researcher_token_file {
         println!(
             "researcher token: {}  (from {}; set RESEARCHER_TOKEN to choose one)",
@@ -167,7 +168,7 @@ async fn serve(config: Config) -> ExitCode {
         println!("public URL: {public_url}");
     }
     let state = AppState::new(config, storage, &secrets, signer);
-    match app::serve(listener, app::app(state), shutdown_signal()).await {
+    match app::serve(listener, app::app(state), shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -179,27 +180,31 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives right after the
+/// listening line (a supervisor stopping us at once) is not lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutting down: finishing requests in flight");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    }
 }

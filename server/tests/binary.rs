@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::{RESEARCHER, SECRET, Server, tree, webm_bytes};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use server::signing::{Secret, UrlSigner};
@@ -647,16 +648,48 @@ fn invalid_configuration_stops_with_one_line_naming_the_variable() {
     }
 }
 
-#[test]
-fn sigterm_stops_the_server_gracefully() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_upload_in_flight_finish_then_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path(), &[]);
+    let api = Api::new(&server);
+    // An old-route upload that trickles in over about a second.
+    let (ct, _) = streamed_form(0, true);
+    let boundary = ct.rsplit('=').next().unwrap().to_owned();
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"problem_id\"\r\n\r\np1\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"recording\"; filename=\"r.webm\"\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let chunks: Vec<Bytes> = std::iter::once(Bytes::from(head))
+        .chain((0..10).map(|_| Bytes::from(webm_bytes(10_000))))
+        .chain(std::iter::once(Bytes::from(tail)))
+        .collect();
+    let body = futures::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(c)
+    });
+    let upload = api
+        .http
+        .post(format!("{}/sessions/s1/recording", api.base))
+        .header("content-type", ct)
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let upload = tokio::spawn(upload);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = Command::new("kill")
         .arg("-TERM")
         .arg(server.pid().to_string())
         .status()
         .unwrap();
     assert!(killed.success());
+    let res = upload.await.unwrap().unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the request in flight finished"
+    );
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["size"], 100_000);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = server.child.try_wait().unwrap() {
@@ -667,8 +700,12 @@ fn sigterm_stops_the_server_gracefully() {
             std::time::Instant::now() < deadline,
             "still running 10 s after SIGTERM"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        std::net::TcpStream::connect(server.addr()).is_err(),
+        "no longer listening"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
