@@ -182,6 +182,24 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     await page.close();
   });
 
+  it("records the screen with the microphone, showing its level", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${server.url}/index.html?problems=s1&kind=screen&session=${sessionId}&token=${sessionToken}`);
+    await page.waitForSelector("body[data-ready=true]");
+    await page.click('li[data-problem="s1"] button.record');
+    const during = await recordUntil(page, "s1", () => true, "screen recording");
+    assert.equal(during.tracks, "audio,video", "the screen's picture and the microphone");
+    // Chromium's fake microphone beeps: the meter moves.
+    await waitFor(async () => Number(await page.getAttribute("#level", "aria-valuenow")) > 0, 10_000, "the level meter");
+    const done = await stopAndWait(page, "s1");
+    assert.match(done.mimeType, /^video\/webm/);
+    const stored = storedObject(done.key);
+    assert.equal(stored.sha256, done.sha256);
+    const manifest = await api(`/api/sessions/${sessionId}`, sessionToken);
+    assert.equal(manifest.recordings.find((r) => r.id === done.recordingId).status, "complete");
+    await page.close();
+  });
+
   it("lists the session for the researcher and plays the recordings with seeking", async () => {
     const page = await browser.newPage();
     await page.goto(`${server.url}/researcher.html`);
@@ -192,7 +210,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     await row.waitFor();
     const rowText = await row.textContent();
     assert.match(rowText, /e2e \/ P-042/);
-    assert.match(rowText, /2 complete/);
+    assert.match(rowText, /3 complete/);
     await row.getByRole("button", { name: `Open session ${sessionId}` }).click();
     await page.waitForSelector("#detail:not(.hidden)");
 

@@ -237,6 +237,7 @@ async function record(li, problem) {
   }
   li.dataset.recordingId = recorder.recordingId;
   li.dataset.mimeType = recorder.mimeType;
+  li.dataset.tracks = recorder.stream.getTracks().map((t) => t.kind).sort().join(",");
   showPreview(recorder.stream, kind);
   active.meter = startMeter(recorder.stream);
   say(`Recording ${problem.title}. Press Stop when you are done.`);
