@@ -161,14 +161,23 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     await page.waitForSelector("body[data-ready=true]");
     // The earlier recording of p1 is shown as stored.
     assert.equal((await problemState(page, "p1")).state, "complete");
-    await page.check('input[name="kind"][value="audio"]');
-    const { done } = await recordProblem(
-      page,
-      "p2",
-      (s) => Number(s.bytesRecorded) > 0 && Number(s.partsStored) === 0,
-      "some audio recorded",
-      3_000,
-    );
+    // By keyboard: choose the kind with the arrow keys, record with Enter; focus moves
+    // to Stop, and Enter on it stops.
+    await page.focus('input[name="kind"][value="av"]');
+    await page.keyboard.press("ArrowRight");
+    assert.equal(await page.$eval('input[name="kind"]:checked', (r) => r.value), "audio");
+    await page.focus('li[data-problem="p2"] button.record');
+    const started = Date.now();
+    await page.keyboard.press("Enter");
+    await recordUntil(page, "p2", (s) => Number(s.bytesRecorded) > 0, "some audio recorded", started, 3_000);
+    assert.equal(await page.evaluate(() => document.activeElement.getAttribute("aria-label")), "Stop recording Problem p2");
+    assert.match(await page.textContent("#status"), /Recording Problem p2/);
+    await page.keyboard.press("Enter");
+    const done = await waitFor(async () => {
+      const s = await problemState(page, "p2");
+      return ["complete", "failed"].includes(s.state) ? s : null;
+    }, 60_000, "p2 to complete");
+    assert.equal(done.state, "complete", done.error);
     assert.match(done.mimeType, /^audio\//);
     const stored = storedObject(done.key);
     assert.equal(stored.bytes.length, Number(done.size));
