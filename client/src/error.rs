@@ -63,7 +63,8 @@ impl ClientError {
             ClientError::Storage { .. } => "storage_error",
             ClientError::ServerUnreachable(_) => "server_unreachable",
             ClientError::Server { .. } => "server_error",
-            ClientError::Plan(_) => "recording_too_large",
+            ClientError::Plan(crate::plan::PlanError::Empty) => "empty_recording",
+            ClientError::Plan(crate::plan::PlanError::TooLarge { .. }) => "recording_too_large",
             ClientError::Recorder(_) => "recorder_error",
             ClientError::Cancelled => "cancelled",
             ClientError::Usage(_) => "usage",
@@ -193,5 +194,9 @@ mod tests {
         assert!(reason.message.contains("no such session"));
         assert!(reason.message.contains("404"));
         assert!(ClientError::StorageUnreachable.to_string().contains("CORS"));
+        assert_eq!(
+            ClientError::Plan(crate::plan::PlanError::Empty).code(),
+            "empty_recording"
+        );
     }
 }
