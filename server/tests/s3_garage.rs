@@ -9,6 +9,8 @@
 mod garage;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -19,6 +21,7 @@ use server::storage::s3::{S3Settings, S3Storage};
 use server::storage::{ByteStream, PartInfo, PresignOp, Storage, StorageError};
 use shared::ObjectKey;
 use shared::api::PresignedRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1024 * 1024;
 const TTL: Duration = Duration::from_secs(600);
@@ -415,6 +418,90 @@ async fn uploads_in_progress_are_listed_by_prefix() {
     let only_b = s.list_uploads("sessions/b/").await.unwrap();
     assert_eq!(only_b.len(), 1);
     assert_eq!(only_b[0].upload_id, ub);
+}
+
+/// A TCP proxy to `target` that passes everything through, except that it drops the
+/// answer to the first CompleteMultipartUpload (`POST ...?uploadId=`): the store
+/// completes the upload, the client sees the connection close. Returns the proxy's
+/// endpoint and whether it has dropped an answer yet.
+async fn proxy_losing_one_complete_answer(target: &str) -> (String, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_owned();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            let armed = Arc::new(AtomicBool::new(false));
+            let (arm, dropped) = (armed.clone(), flag.clone());
+            let upstream = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    if text.starts_with("POST ") && text.contains("uploadId=") {
+                        arm.store(true, Ordering::SeqCst);
+                    }
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if armed.load(Ordering::SeqCst) && !dropped.swap(true, Ordering::SeqCst) {
+                        break; // Lose this answer: close the client's connection.
+                    }
+                    if client_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                upstream.abort();
+            });
+        }
+    });
+    (endpoint, dropped)
+}
+
+#[tokio::test]
+async fn a_complete_whose_answer_was_lost_still_completes() {
+    let b = bucket();
+    let (endpoint, dropped) = proxy_losing_one_complete_answer(&b.endpoint).await;
+    let s = b.storage_with(S3Settings {
+        endpoint: Some(endpoint),
+        ..b.settings()
+    });
+    let k = key("sessions/lost/recording_p1_1.webm");
+    let upload = s.create_multipart(&k, "video/webm").await.unwrap();
+    let data = pattern(5 * MIB + 10, 6);
+    for (n, piece) in [&data[..5 * MIB], &data[5 * MIB..]].into_iter().enumerate() {
+        let body = chunked(piece.to_vec(), MIB);
+        s.put_part(&k, &upload, n as u32 + 1, body, piece.len() as u64)
+            .await
+            .unwrap();
+    }
+    let parts = s.list_parts(&k, &upload).await.unwrap();
+    let meta = s.complete_multipart(&k, &upload, &parts).await.unwrap();
+    assert!(dropped.load(Ordering::SeqCst), "the proxy lost an answer");
+    assert_eq!(meta.size, data.len() as u64);
+    assert_eq!(s.get(&k).await.unwrap(), data);
+    // A second complete of the same upload is still refused.
+    assert!(matches!(
+        s.complete_multipart(&k, &upload, &parts).await,
+        Err(StorageError::UploadNotFound { .. })
+    ));
 }
 
 // --- Presigned URLs, sent as a browser sends them -------------------------------------

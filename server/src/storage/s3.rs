@@ -412,7 +412,8 @@ impl S3Storage {
                     .collect(),
             ))
             .build();
-        let out = self
+        let size: u64 = parts.iter().map(|p| p.size).sum();
+        let out = match self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -421,13 +422,56 @@ impl S3Storage {
             .multipart_upload(completed)
             .send()
             .await
-            .map_err(|e| map_err(e, "CompleteMultipartUpload", Some(key), Some(upload_id)))?;
+            .map_err(|e| map_err(e, "CompleteMultipartUpload", Some(key), Some(upload_id)))
+        {
+            Ok(out) => out,
+            Err(StorageError::UploadNotFound { .. }) => {
+                return self
+                    .completed_by_lost_answer(key, upload_id, size, parts.len())
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         Ok(ObjectMeta {
             key: key.clone(),
-            size: parts.iter().map(|p| p.size).sum(),
+            size,
             last_modified: None,
             etag: out.e_tag().map(str::to_owned),
         })
+    }
+
+    /// The upload was there a moment ago (its parts were just listed) and now is not:
+    /// most likely the SDK retried a complete whose first answer was lost, and the first
+    /// attempt succeeded. Accept the object if it is exactly what this complete makes (a
+    /// multipart object of `parts` parts and `size` bytes); otherwise report the upload
+    /// as gone.
+    async fn completed_by_lost_answer(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        size: u64,
+        parts: usize,
+    ) -> Result<ObjectMeta> {
+        let gone = || StorageError::UploadNotFound {
+            key: key.to_string(),
+            upload_id: upload_id.to_owned(),
+        };
+        let meta = match self.head(key).await {
+            Ok(meta) => meta,
+            Err(StorageError::NotFound { .. }) => return Err(gone()),
+            Err(e) => return Err(e),
+        };
+        let suffix = format!("-{parts}");
+        let multipart_of_n = meta
+            .etag
+            .as_deref()
+            .is_some_and(|e| e.trim_matches('"').ends_with(&suffix));
+        if meta.size == size && multipart_of_n {
+            tracing::info!(key = %key, upload_id, "complete answered NoSuchUpload after a retry; the object is in place");
+            Ok(meta)
+        } else {
+            Err(gone())
+        }
     }
 
     /// Streams `body` into a fresh multipart upload, `first` already read. Returns the
