@@ -474,8 +474,9 @@ impl S3Storage {
         }
     }
 
-    /// Streams `body` into a fresh multipart upload, `first` already read. Returns the
-    /// parts; the caller completes or aborts.
+    /// Streams the rest of `body` into a fresh multipart upload, in parts of
+    /// [`STREAM_PART_SIZE`], starting with `buffer` (the `total` bytes already read).
+    /// Returns the parts; the caller completes or aborts.
     async fn stream_parts(
         &self,
         key: &ObjectKey,
