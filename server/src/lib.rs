@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifests;
+pub mod migrate;
 pub mod routes;
 pub mod s3_setup;
 pub mod signing;

@@ -5,6 +5,7 @@
 //! recorder-server            # same as `recorder-server serve`
 //! recorder-server serve
 //! recorder-server setup-s3   # STORAGE_BACKEND=s3: CORS and lifecycle rules on the bucket
+//! recorder-server migrate --from local:data   # STORAGE_BACKEND=s3: copy a data folder in
 //! ```
 
 use std::process::ExitCode;
@@ -37,6 +38,11 @@ enum Command {
         #[arg(long, default_value_t = server::s3_setup::DEFAULT_ABORT_AFTER_DAYS)]
         abort_after_days: i32,
     },
+    /// Copy a data folder (the old app's, or a local install's DATA_DIR) into the bucket
+    /// (STORAGE_BACKEND=s3): every object verified, re-runs skip what is already there,
+    /// the source is kept unless --delete-source. Exit code 1 if anything failed, 3 if
+    /// some files could not be copied (they are listed).
+    Migrate(server::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Command::SetupS3 { abort_after_days } => {
             runtime.block_on(setup_s3(config, abort_after_days))
         }
+        Command::Migrate(args) => runtime.block_on(server::migrate::command(&config, &args)),
     }
 }
 
