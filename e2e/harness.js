@@ -66,7 +66,7 @@ export async function startServer(dataDir, extraEnv = {}) {
       DATA_DIR: dataDir,
       WWW_DIR: join(ROOT, "www"),
       RESEARCHER_TOKEN,
-      LOG: "warn",
+      LOG: "info",
       ...extraEnv,
     },
     stdio: ["ignore", "pipe", "pipe"],

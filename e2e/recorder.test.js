@@ -6,7 +6,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   ARTIFACTS,
@@ -30,6 +30,17 @@ let sessionId;
 let sessionToken;
 let videoEntry;
 let audioEntry;
+const browserLog = [];
+
+/** A new tab whose console errors and uncaught exceptions go to the browser log. */
+async function openPage() {
+  const page = await browser.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error" || m.type() === "warning") browserLog.push(`${page.url()} ${m.type()}: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => browserLog.push(`${page.url()} uncaught: ${e.message}`));
+  return page;
+}
 
 /** The dataset and texts of a problem's list item on the participant page. */
 function problemState(page, problem) {
@@ -64,12 +75,13 @@ async function recordUntil(page, problem, enough, what, since = Date.now(), minM
 async function stopAndWait(page, problem) {
   await page.screenshot({ path: join(ARTIFACTS, `participant-recording-${problem}.png`), fullPage: true });
   await page.click(`li[data-problem="${problem}"] button.stop`);
+  const stoppedAt = Date.now();
   const done = await waitFor(async () => {
     const s = await problemState(page, problem);
     return ["complete", "failed"].includes(s.state) ? s : null;
   }, 120_000, `${problem} to complete`);
   assert.equal(done.state, "complete", `upload did not complete: ${done.error}`);
-  return done;
+  return { ...done, stoppedAt };
 }
 
 /** Records `problem` until `enough(state)` holds, then stops; returns what the page saw. */
@@ -77,9 +89,8 @@ async function recordProblem(page, problem, enough, what, minMs = 0) {
   const started = Date.now();
   await page.click(`li[data-problem="${problem}"] button.record`);
   const during = await recordUntil(page, problem, enough, what, started, minMs);
-  const stoppedAt = Date.now();
   const done = await stopAndWait(page, problem);
-  return { during, done, elapsedMs: stoppedAt - started };
+  return { during, done, elapsedMs: done.stoppedAt - started };
 }
 
 describe("recording in the browser, straight to storage", { timeout: 600_000 }, () => {
@@ -96,11 +107,14 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   after(async () => {
     await browser?.close();
     await server?.stop();
+    // The server's log stays with the screenshots, for when a run fails.
+    if (server) writeFileSync(join(ARTIFACTS, "server.log"), server.logs.join(""));
+    writeFileSync(join(ARTIFACTS, "browser.log"), browserLog.join("\n"));
     temp?.cleanup();
   });
 
   it("uploads a webcam recording part by part while recording, and stores it intact", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
     await page.goto(`${server.url}/index.html?problems=p1,p2&study=e2e&vbps=${VIDEO_BPS}`);
@@ -156,7 +170,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("records the microphone alone", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     await page.goto(`${server.url}/index.html?problems=p1,p2&session=${sessionId}&token=${sessionToken}`);
     await page.waitForSelector("body[data-ready=true]");
     // The earlier recording of p1 is shown as stored.
@@ -192,7 +206,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("records the screen with the microphone, showing its level", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     await page.goto(`${server.url}/index.html?problems=s1&kind=screen&session=${sessionId}&token=${sessionToken}`);
     await page.waitForSelector("body[data-ready=true]");
     await page.click('li[data-problem="s1"] button.record');
@@ -210,7 +224,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("lists the session for the researcher and plays the recordings with seeking", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     await page.goto(`${server.url}/researcher.html`);
     await page.waitForSelector("body[data-ready=true]");
     await page.fill("#token", RESEARCHER_TOKEN);
@@ -267,7 +281,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("cancelling a recording aborts its upload", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     await page.goto(`${server.url}/index.html?problems=p1&session=${sessionId}&token=${sessionToken}&vbps=${VIDEO_BPS}`);
     await page.waitForSelector("body[data-ready=true]");
     await page.click('li[data-problem="p1"] button.record');
@@ -285,7 +299,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("retries failed part uploads, re-signs rejected ones, and pauses while offline", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     // The storage misbehaves once for each of the first parts: a 503, a refused
     // signature, a dropped connection.
     const faults = new Map([["1", "503"], ["2", "403"], ["3", "drop"]]);
@@ -335,7 +349,7 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
   });
 
   it("reports errors a person can act on through the embed API", async () => {
-    const page = await browser.newPage();
+    const page = await openPage();
     await page.goto(`${server.url}/index.html`);
     await page.waitForSelector("body[data-ready=true]");
     const outcome = await page.evaluate(async ({ sessionId, sessionToken }) => {
