@@ -127,6 +127,13 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     sessionToken = url.searchParams.get("token");
     assert.ok(sessionId && sessionToken, "the page keeps the session and token in its URL");
 
+    // Devices are listed with their names, and the recording uses the one chosen.
+    await page.click("#find-devices");
+    await waitFor(async () => (await page.$$("#camera option")).length > 1, 15_000, "the cameras listed");
+    const camera = await page.$eval("#camera", (s) => ({ id: s.options[1].value, label: s.options[1].textContent }));
+    assert.ok(camera.label.length > 0);
+    await page.selectOption("#camera", camera.id);
+
     const { during, done, elapsedMs } = await recordProblem(
       page,
       "p1",
