@@ -538,21 +538,24 @@ impl Summary {
     /// The closing report, as printed.
     pub fn report(&self, target: &str) -> String {
         let mut out = String::new();
-        let would = if self.dry_run { "would be " } else { "" };
+        let (copy, skip) = if self.dry_run {
+            ("would copy:", "would skip:")
+        } else {
+            ("copied:", "skipped:")
+        };
         let _ = writeln!(out, "---");
         if self.dry_run {
             let _ = writeln!(out, "dry run: nothing was changed");
         }
         let _ = writeln!(
             out,
-            "{}copied:      {} objects, {}{}",
-            if self.dry_run { "to be " } else { "" },
+            "{copy:<12} {} objects, {}{}",
             self.copied,
             BinaryBytes(self.copied_bytes),
             if self.replaced > 0 {
                 format!(
-                    " ({} {}replacing an earlier migrated version)",
-                    self.replaced, would
+                    " ({} of them replacing an earlier migrated version)",
+                    self.replaced
                 )
             } else {
                 String::new()
@@ -560,30 +563,32 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "skipped:     {} objects, {} (already in {target} and identical)",
+            "{skip:<12} {} objects, {} (already in {target} and identical)",
             self.skipped,
             BinaryBytes(self.skipped_bytes)
         );
-        let _ = writeln!(out, "failed:      {}", self.failed.len());
+        let _ = writeln!(out, "{:<12} {}", "failed:", self.failed.len());
         for (key, reason) in &self.failed {
             let _ = writeln!(out, "  {key}: {reason}");
         }
         let _ = writeln!(
             out,
-            "not copied:  {} files (their names cannot be storage keys)",
+            "{:<12} {} files (their names cannot be storage keys)",
+            "not copied:",
             self.not_copied.len()
         );
         for n in &self.not_copied {
             let _ = writeln!(out, "  {}: {}", n.path, n.reason);
         }
         if self.deleted > 0 {
-            let _ = writeln!(out, "source files deleted: {}", self.deleted);
+            let _ = writeln!(out, "{:<12} {} source files", "deleted:", self.deleted);
         }
         if self.aborted_uploads > 0 {
             let _ = writeln!(
                 out,
-                "unfinished uploads of an earlier run {}aborted: {}",
-                would, self.aborted_uploads
+                "unfinished uploads left by an interrupted run {}: {}",
+                if self.dry_run { "to abort" } else { "aborted" },
+                self.aborted_uploads
             );
         }
         let i = &self.internal;
@@ -601,13 +606,16 @@ impl Summary {
         for upload in &i.unfinished_uploads {
             let _ = writeln!(out, "  unfinished upload, not migrated: {upload}");
         }
-        let secs = self.elapsed.as_secs_f64().max(0.001);
-        let _ = writeln!(
-            out,
-            "took {:.1} s ({}/s)",
-            self.elapsed.as_secs_f64(),
-            BinaryBytes((self.copied_bytes as f64 / secs) as u64)
-        );
+        let secs = self.elapsed.as_secs_f64();
+        let _ = if self.copied_bytes > 0 && !self.dry_run {
+            writeln!(
+                out,
+                "took {secs:.1} s ({}/s)",
+                BinaryBytes((self.copied_bytes as f64 / secs.max(0.001)) as u64)
+            )
+        } else {
+            writeln!(out, "took {secs:.1} s")
+        };
         let _ = match self.exit_code() {
             0 if self.dry_run => writeln!(out, "result: ok (dry run)"),
             0 => writeln!(out, "result: ok, every file is in {target}"),
@@ -630,6 +638,7 @@ impl Summary {
 /// The bucket side: the backend, the transfer permits and the rate limit.
 struct Target<'a> {
     s3: &'a S3Storage,
+    counters: Arc<Counters>,
     jobs: usize,
     permits: Semaphore,
     limit: Option<RateLimit>,
@@ -700,6 +709,13 @@ impl Target<'_> {
     /// Reads the whole object and returns its size and hex SHA-256.
     async fn read_back(&self, key: &ObjectKey) -> Result<(u64, String), String> {
         let _permit = self.permit().await;
+        self.counters.reading_back.fetch_add(1, Ordering::Relaxed);
+        let result = self.read_back_counted(key).await;
+        self.counters.reading_back.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn read_back_counted(&self, key: &ObjectKey) -> Result<(u64, String), String> {
         let got = self
             .s3
             .get_range(key, None)
@@ -880,6 +896,11 @@ struct Progress {
 
 struct Counters {
     total: u64,
+    objects: u64,
+    /// Objects done with.
+    settled: AtomicU64,
+    /// Objects being read back right now.
+    reading_back: AtomicU64,
     /// Bytes of objects settled (copied, skipped or failed) plus parts stored.
     handled: AtomicU64,
     /// Bytes uploaded.
@@ -910,6 +931,20 @@ impl Counters {
         }
     }
 
+    fn objects_text(&self) -> String {
+        let reading = self.reading_back.load(Ordering::Relaxed);
+        format!(
+            "{}/{} objects{}",
+            self.settled.load(Ordering::Relaxed),
+            self.objects,
+            if reading > 0 {
+                format!(", reading back {reading}")
+            } else {
+                String::new()
+            }
+        )
+    }
+
     fn rate_text(&self) -> String {
         match self.rate() {
             Some(rate) => format!("{}/s", BinaryBytes(rate as u64)),
@@ -919,9 +954,12 @@ impl Counters {
 }
 
 impl Progress {
-    fn new(total: u64) -> Self {
+    fn new(total: u64, objects: u64) -> Self {
         let counters = Arc::new(Counters {
             total,
+            objects,
+            settled: AtomicU64::new(0),
+            reading_back: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             copied: AtomicU64::new(0),
             started: Instant::now(),
@@ -933,9 +971,9 @@ impl Progress {
             .then(|| ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()))
             .filter(|bar| !bar.is_hidden());
         if let Some(bar) = &bar {
-            let (rate, eta) = (counters.clone(), counters.clone());
+            let (rate, eta, objects) = (counters.clone(), counters.clone(), counters.clone());
             let style = ProgressStyle::with_template(
-                "[{bar:30}] {bytes}/{total_bytes}  {copy_rate}  ETA {copy_eta}  {msg}",
+                "[{bar:30}] {bytes}/{total_bytes}  {copy_rate}  ETA {copy_eta}  {objects}",
             )
             .expect("the template is valid")
             .with_key(
@@ -948,6 +986,12 @@ impl Progress {
                 "copy_eta",
                 move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                     let _ = w.write_str(&eta.eta());
+                },
+            )
+            .with_key(
+                "objects",
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&objects.objects_text());
                 },
             )
             .progress_chars("=> ");
@@ -976,10 +1020,9 @@ impl Progress {
         }
     }
 
-    fn message(&self, text: String) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(text);
-        }
+    /// One more object is done with.
+    fn settled(&self) {
+        self.counters.settled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `bytes` were uploaded (and count as handled).
@@ -1092,8 +1135,10 @@ pub async fn run(s3: &S3Storage, options: &MigrateArgs) -> Result<Summary, Strin
         summary.aborted_uploads += 1;
     }
 
+    let progress = Progress::new(total, scan.objects.len() as u64);
     let target = Target {
         s3,
+        counters: progress.counters.clone(),
         jobs: options.jobs,
         permits: Semaphore::new(options.jobs),
         limit: options.limit_rate.map(|bytes_per_sec| RateLimit {
@@ -1101,17 +1146,13 @@ pub async fn run(s3: &S3Storage, options: &MigrateArgs) -> Result<Summary, Strin
             next: Mutex::new(Instant::now()),
         }),
     };
-    let progress = Progress::new(total);
-    let count = scan.objects.len();
-    let settled = AtomicU64::new(0);
     let mut deleted_dirs = BTreeSet::new();
     let mut results = futures::stream::iter(&scan.objects)
         .map(|obj| {
-            let (target, progress, settled) = (&target, &progress, &settled);
+            let (target, progress) = (&target, &progress);
             async move {
                 let (outcome, size, deleted) = migrate_one(target, obj, options, progress).await;
-                let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
-                progress.message(format!("{n}/{count} objects"));
+                progress.settled();
                 (obj, outcome, size, deleted)
             }
         })
