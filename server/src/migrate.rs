@@ -490,7 +490,7 @@ enum Outcome {
     Skipped { read_back: bool },
     Failed(String),
     WouldCopy { replaced: bool },
-    WouldSkip,
+    WouldSkip { read_back: bool },
 }
 
 /// The counts a run ends with.
@@ -498,7 +498,7 @@ enum Outcome {
 pub struct Summary {
     /// Objects copied and verified.
     pub copied: usize,
-    /// Of those, how many replaced an earlier migrated version.
+    /// Of those, how many replaced a copy that differed from the file.
     pub replaced: usize,
     /// Bytes copied.
     pub copied_bytes: u64,
@@ -554,7 +554,7 @@ impl Summary {
             BinaryBytes(self.copied_bytes),
             if self.replaced > 0 {
                 format!(
-                    " ({} of them replacing an earlier migrated version)",
+                    " ({} of them replacing a copy that differed from the file)",
                     self.replaced
                 )
             } else {
@@ -1175,7 +1175,7 @@ pub async fn run(s3: &S3Storage, options: &MigrateArgs) -> Result<Summary, Strin
                         .map(|ct| format!(", {ct}"))
                         .unwrap_or_default(),
                     if *replaced {
-                        "  (the bucket held an earlier migrated version)"
+                        "  (the bucket held a copy that differed from the file)"
                     } else {
                         ""
                     }
@@ -1200,10 +1200,13 @@ pub async fn run(s3: &S3Storage, options: &MigrateArgs) -> Result<Summary, Strin
                     if *replaced { "replace" } else { "copy" }
                 )
             }
-            Outcome::WouldSkip => {
+            Outcome::WouldSkip { read_back } => {
                 summary.skipped += 1;
                 summary.skipped_bytes += size;
-                format!("would skip {key}  ({size_text}, identical)")
+                format!(
+                    "would skip {key}  ({size_text}, identical{})",
+                    if *read_back { ", read back" } else { "" }
+                )
             }
             Outcome::Failed(reason) => {
                 summary.failed.push((key.to_string(), reason.clone()));
@@ -1277,7 +1280,9 @@ async fn migrate_one(
                     existing.map_or(0, |e| e.size)
                 ));
             }
-            Decision::Skip if options.dry_run => return Ok((Outcome::WouldSkip, None)),
+            Decision::Skip if options.dry_run => {
+                return Ok((Outcome::WouldSkip { read_back }, None));
+            }
             Decision::Skip => {
                 let deleted =
                     (options.delete_source && read_back).then(|| delete_source(obj, before));

@@ -829,6 +829,40 @@ async fn objects_this_command_did_not_write_are_compared_and_never_replaced_unle
     assert_eq!(run.code, Some(0), "{}", run.explain());
     assert_eq!(run.keys("replaced"), ["sessions/s/changed.txt"]);
     assert_eq!(run.count("skipped:"), 2);
+
+    // An object whose bytes no longer match its checksum metadata (damaged in the
+    // store, or uploaded by a run killed before its read-back) passes for identical on
+    // metadata alone; --verify-existing reads it back, finds it and replaces it.
+    let good = b"third version";
+    s3.client()
+        .put_object()
+        .bucket(s3.bucket())
+        .key("sessions/s/changed.txt")
+        .metadata("sha256", sha256(good))
+        .body(b"THIRD VERSION".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let trusting = migrate(&data, &bucket, &[]);
+    assert_eq!(trusting.count("skipped:"), 3, "{}", trusting.explain());
+    let audit = migrate(&data, &bucket, &["--dry-run", "--verify-existing"]);
+    assert_eq!(audit.code, Some(0), "{}", audit.explain());
+    assert_eq!(audit.keys("would replace"), ["sessions/s/changed.txt"]);
+    assert!(
+        audit
+            .stdout
+            .contains("would skip sessions/s/same.txt  (10 B, identical, read back)"),
+        "{}",
+        audit.explain()
+    );
+    assert_eq!(
+        read_all(&s3, "sessions/s/changed.txt").await,
+        b"THIRD VERSION"
+    );
+    let repair = migrate(&data, &bucket, &["--verify-existing"]);
+    assert_eq!(repair.code, Some(0), "{}", repair.explain());
+    assert_eq!(repair.keys("replaced"), ["sessions/s/changed.txt"]);
+    assert_eq!(read_all(&s3, "sessions/s/changed.txt").await, good);
 }
 
 #[test]
