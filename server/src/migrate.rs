@@ -1196,16 +1196,26 @@ pub async fn run(s3: &S3Storage, options: &MigrateArgs) -> Result<Summary, Strin
                     summary.replaced += 1;
                 }
                 format!(
-                    "would {} {key}  ({size_text})",
-                    if *replaced { "replace" } else { "copy" }
+                    "would {} {key}  ({size_text}){}",
+                    if *replaced { "replace" } else { "copy" },
+                    if options.delete_source {
+                        ", then delete the source once verified"
+                    } else {
+                        ""
+                    }
                 )
             }
             Outcome::WouldSkip { read_back } => {
                 summary.skipped += 1;
                 summary.skipped_bytes += size;
                 format!(
-                    "would skip {key}  ({size_text}, identical{})",
-                    if *read_back { ", read back" } else { "" }
+                    "would skip {key}  ({size_text}, identical{}){}",
+                    if *read_back { ", read back" } else { "" },
+                    if options.delete_source && *read_back {
+                        ", then delete the source"
+                    } else {
+                        ""
+                    }
                 )
             }
             Outcome::Failed(reason) => {

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use garage::{GarageBucket, GarageNode};
 use serde_json::Value;
 use server::storage::Storage;
-use server::storage::s3::S3Storage;
+use server::storage::s3::{S3Settings, S3Storage};
 use sha2::{Digest, Sha256};
 use shared::ObjectKey;
 
@@ -202,11 +202,21 @@ fn s3_vars(bucket: &GarageBucket) -> Vec<(&'static str, String)> {
 }
 
 fn migrate_command(data: &Path, bucket: &GarageBucket, args: &[&str]) -> Command {
+    migrate_command_with(data, bucket, args, &[])
+}
+
+fn migrate_command_with(
+    data: &Path,
+    bucket: &GarageBucket,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recorder-server"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("LOG", "warn")
         .envs(s3_vars(bucket))
+        .envs(vars.iter().copied())
         .arg("migrate")
         .arg("--from")
         .arg(format!("local:{}", data.display()))
@@ -687,7 +697,18 @@ fn rescan_expected(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_source_removes_only_verified_files_and_keeps_what_was_not_copied() {
     let bucket = GarageNode::shared().bucket();
-    let s3 = bucket.storage();
+    // Under a key prefix, as S3_KEY_PREFIX puts it.
+    let s3 = bucket.storage_with(S3Settings {
+        key_prefix: "study-1/".into(),
+        ..bucket.settings()
+    });
+    let migrate = |data: &Path, bucket: &GarageBucket, args: &[&str]| {
+        Run::from(
+            migrate_command_with(data, bucket, args, &[("S3_KEY_PREFIX", "study-1")])
+                .output()
+                .unwrap(),
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write(&data, "sessions/a/session.json", b"{\"a\": 1}");
@@ -716,6 +737,16 @@ async fn delete_source_removes_only_verified_files_and_keeps_what_was_not_copied
     assert_eq!(first.count("copied:"), 3);
     write(&data, "sessions/c/session.json", b"{\"c\": 3}");
 
+    let dry = migrate(&data, &bucket, &["--delete-source", "--dry-run"]);
+    assert!(
+        dry.stdout.contains(
+            "would copy sessions/c/session.json  (8 B), then delete the source once verified"
+        ),
+        "{}",
+        dry.explain()
+    );
+    assert!(data.join("sessions/a/session.json").exists());
+
     let run = migrate(&data, &bucket, &["--delete-source"]);
     assert_eq!(run.code, Some(3), "{}", run.explain());
     assert_eq!(run.count("copied:"), 1, "{}", run.explain());
@@ -743,6 +774,17 @@ async fn delete_source_removes_only_verified_files_and_keeps_what_was_not_copied
         "emptied folders are removed"
     );
     assert!(!data.join("sessions/c").exists());
+    let stored: Vec<String> = bucket_state(&s3).await.into_keys().collect();
+    assert_eq!(
+        stored,
+        [
+            "study-1/sessions/a/recording_p1_1733241600000.webm",
+            "study-1/sessions/a/session.json",
+            "study-1/sessions/b/session.json",
+            "study-1/sessions/c/session.json",
+        ],
+        "everything under the key prefix, nothing else"
+    );
     for (key, want) in [
         ("sessions/a/session.json", b"{\"a\": 1}".to_vec()),
         ("sessions/c/session.json", b"{\"c\": 3}".to_vec()),
