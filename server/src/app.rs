@@ -175,6 +175,7 @@ pub fn app(state: AppState) -> Router {
     }
     let router = router
         .fallback_service(www)
+        .layer(axum::middleware::map_response(json_body_for_bare_errors))
         .layer(axum::middleware::map_response(close_after_refused_body))
         .layer(TraceLayer::new_for_http());
     match cors {
@@ -191,6 +192,38 @@ async fn close_after_refused_body(mut res: Response) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
+}
+
+/// Errors answered by the router itself (405 for a method a route does not take) or by
+/// the static files (404) carry no body; give them the shared `{code, message}` body
+/// every other error has, so that clients can rely on it for every answer.
+async fn json_body_for_bare_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return res;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "This path does not take this method; the `Allow` header lists those it takes.",
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "Nothing is served at this path."),
+        _ => ("bad_request", "The request was refused."),
+    };
+    let (mut parts, _) = res.into_parts();
+    let body = serde_json::to_vec(&shared::api::ErrorBody {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    })
+    .expect("error bodies serialise");
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn healthz(State(state): State<AppState>) -> axum::Json<Health> {

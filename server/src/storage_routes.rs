@@ -73,6 +73,27 @@ pub fn router_with_clock(
         })
 }
 
+/// The `{*key}` of the path, percent-decoded. A path that does not decode to UTF-8 is
+/// 400 `invalid_key` with the shared error body (axum's own rejection is plain text).
+struct RawKey(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RawKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(RawKey(key)),
+            Err(e) => Err(ApiError::bad_request(
+                "invalid_key",
+                format!("The key is refused: {}.", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// Parses the key and checks the signature for `method`.
 fn authorize(
     state: &StorageState,
@@ -107,7 +128,7 @@ fn authorize(
 
 async fn write_object(
     State(state): State<StorageState>,
-    Path(raw_key): Path<String>,
+    RawKey(raw_key): RawKey,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     body: Body,
@@ -256,7 +277,7 @@ fn body_error(e: StorageError, fault: &Mutex<Option<BodyFault>>) -> ApiError {
 async fn read_object(
     State(state): State<StorageState>,
     method: Method,
-    Path(raw_key): Path<String>,
+    RawKey(raw_key): RawKey,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

@@ -601,6 +601,24 @@ async fn complete_again(
                 ),
             ));
         }
+        // The janitor salvaged the upload while the client was away. If it kept every
+        // part the client lists, the recording is in fact complete; otherwise the
+        // salvaged object must not be judged (and deleted) by this client's sizes.
+        Some(RecordingStatus::Partial) => {
+            let expected: u64 = req.parts.iter().map(|p| p.size).sum();
+            let salvaged = entry.and_then(|e| e.size);
+            if salvaged != Some(expected) {
+                return Err(ApiError::conflict(
+                    "upload_ended",
+                    format!(
+                        "Recording {} was abandoned and salvaged as partial ({} bytes kept); \
+                         start a new upload.",
+                        handle.recording,
+                        salvaged.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
         _ => {}
     }
     // Completed in the store, but the manifest was not updated (the process stopped in
