@@ -26,6 +26,18 @@ pub const MAX_URL_TTL_SECS: u64 = 43_200;
 pub const DEFAULT_LEGACY_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Shortest accepted `RESEARCHER_TOKEN`, in bytes.
 pub const MIN_RESEARCHER_TOKEN_LEN: usize = 16;
+/// Default age after which the periodic janitor treats an unfinished upload as
+/// abandoned (`JANITOR_MAX_AGE_SECS`): one day.
+pub const DEFAULT_JANITOR_MAX_AGE_SECS: u64 = 86_400;
+/// Shortest accepted `JANITOR_MAX_AGE_SECS` (one hour): a shorter age would end
+/// recordings that are still being made.
+pub const MIN_JANITOR_MAX_AGE_SECS: u64 = 3_600;
+/// Longest accepted `JANITOR_MAX_AGE_SECS` (a year).
+pub const MAX_JANITOR_MAX_AGE_SECS: u64 = 31_536_000;
+/// Shortest accepted `JANITOR_INTERVAL_SECS`.
+pub const MIN_JANITOR_INTERVAL_SECS: u64 = 60;
+/// Longest accepted `JANITOR_INTERVAL_SECS` (a week).
+pub const MAX_JANITOR_INTERVAL_SECS: u64 = 604_800;
 /// File in `DATA_DIR` holding the generated server secret of a local install.
 pub const SECRET_FILE: &str = ".server-secret";
 /// File in `DATA_DIR` holding the generated researcher token of a local install.
@@ -143,6 +155,12 @@ pub struct Config {
     pub cors_origins: CorsOrigins,
     /// `LOG`, else `RUST_LOG`: a tracing filter. Default `info`.
     pub log: String,
+    /// `JANITOR_INTERVAL_SECS`: how often `serve` looks for abandoned uploads and
+    /// salvages them (see [`crate::janitor`]). `None` (the default): never.
+    pub janitor_interval: Option<Duration>,
+    /// `JANITOR_MAX_AGE_SECS`: how old an unfinished upload must be before the periodic
+    /// janitor treats it as abandoned. Default one day, at least one hour.
+    pub janitor_max_age: Duration,
 }
 
 /// The secrets the server runs with, after falling back to `DATA_DIR` files.
@@ -286,6 +304,24 @@ impl Config {
             ));
         }
 
+        let janitor_interval = get("JANITOR_INTERVAL_SECS")
+            .map(|text| {
+                seconds_in(
+                    "JANITOR_INTERVAL_SECS",
+                    &text,
+                    MIN_JANITOR_INTERVAL_SECS..=MAX_JANITOR_INTERVAL_SECS,
+                )
+            })
+            .transpose()?;
+        let janitor_max_age = match get("JANITOR_MAX_AGE_SECS") {
+            None => Duration::from_secs(DEFAULT_JANITOR_MAX_AGE_SECS),
+            Some(text) => seconds_in(
+                "JANITOR_MAX_AGE_SECS",
+                &text,
+                MIN_JANITOR_MAX_AGE_SECS..=MAX_JANITOR_MAX_AGE_SECS,
+            )?,
+        };
+
         Ok(Config {
             backend,
             data_dir,
@@ -299,6 +335,8 @@ impl Config {
             legacy_max_bytes,
             cors_origins,
             log,
+            janitor_interval,
+            janitor_max_age,
         })
     }
 
@@ -437,6 +475,29 @@ fn s3_config(get: &impl Fn(&str) -> Option<String>) -> Result<S3Config, ConfigEr
         key_prefix,
         force_path_style,
     })
+}
+
+/// A whole number of seconds within `range`, or an error naming `var`.
+fn seconds_in(
+    var: &'static str,
+    text: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    let secs: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(var, format!("{text:?} is not a number of seconds")))?;
+    if !range.contains(&secs) {
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "{secs} is out of range; use {} to {} seconds",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Accepts `http(s)://host[:port][/path]` without query or fragment; returns it without

@@ -6,6 +6,8 @@
 //! recorder-server serve
 //! recorder-server setup-s3   # STORAGE_BACKEND=s3: CORS and lifecycle rules on the bucket
 //! recorder-server migrate --from local:data   # STORAGE_BACKEND=s3: copy a data folder in
+//! recorder-server janitor --older-than 24h [--salvage] [--dry-run]   # abandoned uploads
+//! recorder-server salvage --session S --recording R   # one abandoned upload -> partial
 //! ```
 
 use std::process::ExitCode;
@@ -43,6 +45,15 @@ enum Command {
     /// the source is kept unless --delete-source. Exit code 1 if anything failed, 3 if
     /// some files could not be copied (they are listed).
     Migrate(server::migrate::MigrateArgs),
+    /// Find multipart uploads started longer ago than --older-than (browsers that went
+    /// away mid-recording) and abort them, recording `aborted` in their manifests, or with
+    /// --salvage keep what is playable as a `partial` recording. Exit code 1 if any
+    /// upload could not be handled.
+    Janitor(server::janitor::JanitorArgs),
+    /// Turn one recording's abandoned upload into a playable recording marked `partial`
+    /// (the stored parts that can be joined), or record why nothing could be kept. Exit
+    /// code 3 when nothing could be kept.
+    Salvage(server::janitor::SalvageArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +82,12 @@ fn main() -> ExitCode {
             runtime.block_on(setup_s3(config, abort_after_days))
         }
         Command::Migrate(args) => runtime.block_on(server::migrate::command(&config, &args)),
+        Command::Janitor(args) => {
+            runtime.block_on(server::janitor::janitor_command(&config, &args))
+        }
+        Command::Salvage(args) => {
+            runtime.block_on(server::janitor::salvage_command(&config, &args))
+        }
     }
 }
 
@@ -175,6 +192,16 @@ async fn serve(config: Config) -> ExitCode {
         println!("public URL: {public_url}");
     }
     let state = AppState::new(config, storage, &secrets, signer);
+    if let Some(every) = state.config.janitor_interval {
+        // Abandoned uploads are salvaged in the background (JANITOR_INTERVAL_SECS).
+        server::janitor::spawn_periodic(
+            state.storage.clone(),
+            state.manifests.clone(),
+            every,
+            state.config.janitor_max_age,
+            state.clock.clone(),
+        );
+    }
     match app::serve(listener, app::app(state), shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
