@@ -36,6 +36,8 @@ use crate::storage::{ObjectMeta, Storage, StorageError};
 
 /// How many objects (events, sessions) are read at once.
 const READ_CONCURRENCY: usize = 16;
+/// Most times one change re-saves `session.json` because events kept arriving.
+const MAX_RESAVES: usize = 8;
 
 /// Why a manifest could not be read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -193,23 +195,37 @@ impl Manifests {
         let bytes = serde_json::to_vec(&event).map_err(StorageError::backend)?;
         self.storage.put(&key, Bytes::from(bytes)).await?;
 
-        let snapshot = self.snapshot(session).await?.ok_or_else(|| {
+        let mut snapshot = self.snapshot(session).await?.ok_or_else(|| {
             StorageError::backend(format!("event {key} was written but cannot be listed"))
         })?;
-        let folded = snapshot.folded(session);
-        if let Err(e) = self
-            .storage
-            .put(
-                &keys::manifest_key(session),
-                Bytes::from(folded.to_stored()),
-            )
-            .await
-        {
-            // The event is stored, so the change is not lost; only the cached view is
-            // stale until the next change.
-            tracing::warn!(%session, error = %e, "could not re-save session.json");
+        // Several writers may re-save at once, and the last put may come from a writer
+        // whose snapshot missed another's event. So each writer lists the events again
+        // after its put and, if any appeared, puts the new fold: the writer whose put is
+        // last then saw every event, and once writers stop the file is the whole view.
+        for _ in 0..MAX_RESAVES {
+            let folded = snapshot.folded(session);
+            if let Err(e) = self
+                .storage
+                .put(
+                    &keys::manifest_key(session),
+                    Bytes::from(folded.to_stored()),
+                )
+                .await
+            {
+                // The event is stored, so the change is not lost; only the cached view
+                // is stale until the next change.
+                tracing::warn!(%session, error = %e, "could not re-save session.json");
+                break;
+            }
+            let listed = self.storage.list(&keys::session_prefix(session)).await?;
+            if event_keys(&listed, session) == event_keys(&snapshot.objects, session) {
+                break;
+            }
+            snapshot = self.snapshot(session).await?.ok_or_else(|| {
+                StorageError::backend(format!("session {session} vanished while being saved"))
+            })?;
         }
-        let mut view = folded;
+        let mut view = snapshot.folded(session);
         add_discovered(&mut view, &snapshot.objects);
         Ok(view)
     }
@@ -322,6 +338,16 @@ impl Manifests {
     }
 }
 
+/// The keys of the session's event objects among `objects`, in order.
+fn event_keys<'a>(objects: &'a [ObjectMeta], session: &SessionId) -> Vec<&'a ObjectKey> {
+    let prefix = keys::events_prefix(session);
+    objects
+        .iter()
+        .filter(|o| o.key.as_str().starts_with(&prefix) && o.key.as_str().ends_with(".json"))
+        .map(|o| &o.key)
+        .collect()
+}
+
 /// When a session happened, for sorting: its creation, else its first recording, else
 /// its last change.
 fn sort_time(m: &SessionManifest) -> Option<OffsetDateTime> {
@@ -430,9 +456,11 @@ mod tests {
                 .iter()
                 .all(|r| r.status == RecordingStatus::Complete)
         );
-        // The cached session.json, re-saved by the last writers, is a valid manifest.
+        // The cached session.json, re-saved by the last writers, is a valid manifest
+        // holding every change.
         let cached = std::fs::read(dir.path().join("sessions/busy/session.json")).unwrap();
-        SessionManifest::from_stored(&s, &cached).unwrap();
+        let cached = SessionManifest::from_stored(&s, &cached).unwrap();
+        assert_eq!(cached.recordings.len(), 50);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
