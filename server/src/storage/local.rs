@@ -971,34 +971,39 @@ fn complete_upload(
     parts: &[PartInfo],
 ) -> Result<ObjectMeta> {
     let meta = read_upload_meta(dir, key, upload_id)?;
+    // The object is assembled while the upload is still in place, and the upload is
+    // claimed only to commit it. A process killed while assembling (the long part)
+    // leaves the upload as it was, so the client's retried complete finds it; claiming
+    // first would leave it under a claimed name that no one ever looks at again.
+    let temp = match assemble(dir, target, &meta, parts) {
+        Ok(temp) => temp,
+        // A concurrent complete or abort claimed the upload meanwhile.
+        Err(_) if !dir.exists() => return Err(upload_not_found(key, upload_id)),
+        Err(e) => return Err(e),
+    };
     let Some(claimed) = claim(dir, "completing", upload_id)? else {
+        let _ = std::fs::remove_file(&temp);
         return Err(upload_not_found(key, upload_id));
     };
-    match assemble(&claimed, target, key, &meta, parts) {
-        Ok(object) => {
-            discard(&claimed);
-            Ok(object)
+    if let Err(e) = std::fs::rename(&temp, target) {
+        let _ = std::fs::remove_file(&temp);
+        // Give the upload back, so that the client can retry.
+        if let Err(back) = std::fs::rename(&claimed, dir) {
+            tracing::warn!(path = %claimed.display(), error = %back, "could not restore an upload after a failed complete");
         }
-        Err(e) => {
-            // Give the upload back, so that the client can fix its list and retry.
-            if let Err(back) = std::fs::rename(&claimed, dir) {
-                tracing::warn!(path = %claimed.display(), error = %back, "could not restore an upload after a failed complete");
-            }
-            Err(e)
-        }
+        return Err(rename_error(key, target, e));
     }
+    discard(&claimed);
+    sync_dir_blocking(parent(target))?;
+    let metadata = std::fs::metadata(target).map_err(|e| io_error("stat", target, e))?;
+    Ok(object_meta(key, &metadata))
 }
 
-/// Checks `parts` against the stored ones and concatenates them into `target`
-/// atomically (temporary file, sync, rename, folder sync).
-fn assemble(
-    claimed: &Path,
-    target: &Path,
-    key: &ObjectKey,
-    meta: &UploadMeta,
-    parts: &[PartInfo],
-) -> Result<ObjectMeta> {
-    let stored = read_parts(claimed).map_err(|e| io_error("list parts in", claimed, e))?;
+/// Checks `parts` against the ones stored in the upload folder `dir` and concatenates
+/// them into a synced temporary file beside `target` (with the target's content-type
+/// sidecar in place), which it returns for the caller to rename over `target`.
+fn assemble(dir: &Path, target: &Path, meta: &UploadMeta, parts: &[PartInfo]) -> Result<PathBuf> {
+    let stored = read_parts(dir).map_err(|e| io_error("list parts in", dir, e))?;
     let mut files = Vec::with_capacity(parts.len());
     for given in parts {
         let Some((info, path)) = stored
@@ -1019,9 +1024,9 @@ fn assemble(
         files.push((path, info.size));
     }
 
-    let dir = parent(target);
-    std::fs::create_dir_all(dir).map_err(|e| io_error("create folder", dir, e))?;
-    let temp = dir.join(format!(".tmp-{}", random_hex()));
+    let folder = parent(target);
+    std::fs::create_dir_all(folder).map_err(|e| io_error("create folder", folder, e))?;
+    let temp = folder.join(format!(".tmp-{}", random_hex()));
     let joined = (|| {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -1044,16 +1049,12 @@ fn assemble(
     let sidecar = serde_json::to_vec(&Sidecar {
         content_type: meta.content_type.clone(),
     })
-    .map_err(StorageError::backend)?;
-    let committed = write_file_atomic(&sidecar_path(target), &sidecar)
-        .and_then(|()| std::fs::rename(&temp, target).map_err(|e| rename_error(key, target, e)));
-    if let Err(e) = committed {
+    .map_err(StorageError::backend);
+    if let Err(e) = sidecar.and_then(|bytes| write_file_atomic(&sidecar_path(target), &bytes)) {
         let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
-    sync_dir_blocking(dir)?;
-    let metadata = std::fs::metadata(target).map_err(|e| io_error("stat", target, e))?;
-    Ok(object_meta(key, &metadata))
+    Ok(temp)
 }
 
 fn list_upload_dirs(uploads: &Path, prefix: &str) -> Result<Vec<UploadInfo>> {
