@@ -53,7 +53,7 @@ export function serverBinary() {
 
 /**
  * Starts the real server on 127.0.0.1:0 with local storage in `dataDir`, serving the
- * repository's www/. Resolves with {url, stop, logs} once it prints its address.
+ * repository's www/. Resolves with {url, stop, logs, child} once it prints its address.
  */
 export async function startServer(dataDir, extraEnv = {}) {
   const child = spawn(serverBinary(), ["serve"], {
@@ -96,7 +96,7 @@ export async function startServer(dataDir, extraEnv = {}) {
       await once(child, "exit");
     }
   };
-  return { url, stop, logs };
+  return { url, stop, logs, child };
 }
 
 /** Launches headless Debian chromium with a fake camera and microphone fed by `y4m`. */
