@@ -86,7 +86,7 @@ impl Api {
         let mut attempt = 0;
         loop {
             match self.post(path, body).await {
-                Err(e) if attempt + 1 < policy.max_attempts && is_retryable(&e) => {
+                Err(e) if is_retryable(&e) && attempt + 1 < retry_limit(policy, &e) => {
                     if !web::online() {
                         web::wait_online().await;
                     } else {
@@ -191,6 +191,16 @@ impl Api {
             upload: upload.to_owned(),
         };
         self.post(&path, &body).await
+    }
+}
+
+/// How many attempts a call failing with `e` gets: a server that does not answer at
+/// all (restarting, or out of reach while the browser thinks it is online) is waited
+/// for as long as a part's store is.
+fn retry_limit(policy: &RetryPolicy, e: &ClientError) -> u32 {
+    match e {
+        ClientError::ServerUnreachable(_) => policy.max_unreachable_attempts,
+        _ => policy.max_attempts,
     }
 }
 

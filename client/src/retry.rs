@@ -15,9 +15,14 @@ pub struct RetryPolicy {
     pub base_ms: u64,
     /// Largest ceiling of any wait, in milliseconds.
     pub cap_ms: u64,
-    /// Failed attempts (network errors, 5xx, 429) before giving up. Time spent offline
-    /// does not count.
+    /// Failed attempts answered with a 5xx or 429 before giving up.
     pub max_attempts: u32,
+    /// Attempts that got no answer at all, while the browser says it is online, before
+    /// giving up. Far more than `max_attempts`: an outage the browser does not notice
+    /// (a server restarting, an uplink down behind working Wi-Fi) is waited out for
+    /// minutes, because giving up loses the recording. Time spent offline does not
+    /// count.
+    pub max_unreachable_attempts: u32,
     /// Fresh signatures asked for in a row after the store refused one, before giving
     /// up.
     pub max_resigns: u32,
@@ -31,6 +36,9 @@ impl Default for RetryPolicy {
             base_ms: 500,
             cap_ms: 30_000,
             max_attempts: 8,
+            // With the waits capped at 30 s, about four minutes on average, and more
+            // than a minute even with the shortest draws.
+            max_unreachable_attempts: 24,
             max_resigns: 3,
             expiry_margin_ms: 30_000,
         }
@@ -92,13 +100,14 @@ pub enum Decision {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryState {
     attempts: u32,
+    unreachable: u32,
     resigns: u32,
 }
 
 impl RetryState {
-    /// Failed attempts so far.
+    /// Failed attempts so far (answered with an error, or not answered at all).
     pub fn attempts(&self) -> u32 {
-        self.attempts
+        self.attempts + self.unreachable
     }
 
     /// Decides after an attempt. `online` is the browser's view (`navigator.onLine`)
@@ -121,7 +130,14 @@ impl RetryState {
                     Decision::Resign
                 }
             }
-            Outcome::NetworkError => self.backoff(policy, random, ClientError::StorageUnreachable),
+            Outcome::NetworkError => {
+                if self.unreachable + 1 >= policy.max_unreachable_attempts {
+                    return Decision::Fail(ClientError::StorageUnreachable);
+                }
+                let wait = policy.backoff_ms(self.attempts(), random());
+                self.unreachable += 1;
+                Decision::RetryAfter(wait)
+            }
             Outcome::Status { status, body } if is_transient(status) => {
                 let err = ClientError::Storage {
                     status,
@@ -145,7 +161,7 @@ impl RetryState {
         if self.attempts + 1 >= policy.max_attempts {
             return Decision::Fail(give_up_with);
         }
-        let wait = policy.backoff_ms(self.attempts, random());
+        let wait = policy.backoff_ms(self.attempts(), random());
         self.attempts += 1;
         Decision::RetryAfter(wait)
     }
@@ -174,6 +190,7 @@ mod tests {
             base_ms: 100,
             cap_ms: 1_000,
             max_attempts: 4,
+            max_unreachable_attempts: 6,
             max_resigns: 2,
             expiry_margin_ms: 10_000,
         }
@@ -271,10 +288,43 @@ mod tests {
         let mut state = RetryState::default();
         let mut rng = || 0.9;
         let mut last = Decision::Done;
-        for _ in 0..p.max_attempts {
+        for _ in 0..p.max_unreachable_attempts {
             last = state.decide(&p, Outcome::NetworkError, true, &mut rng);
         }
         assert_eq!(last, Decision::Fail(ClientError::StorageUnreachable));
+    }
+
+    /// The total wait before giving up on a store that never answers, with every draw
+    /// equal to `draw`.
+    fn patience_ms(p: &RetryPolicy, draw: f64) -> u64 {
+        let mut state = RetryState::default();
+        let mut total = 0;
+        loop {
+            match state.decide(p, Outcome::NetworkError, true, &mut || draw) {
+                Decision::RetryAfter(ms) => total += ms,
+                Decision::Fail(e) => {
+                    assert_eq!(e, ClientError::StorageUnreachable);
+                    return total;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_outage_the_browser_does_not_notice_is_waited_out_for_minutes_not_seconds() {
+        let p = RetryPolicy::default();
+        // Full jitter draws anywhere in [0, ceiling); even a run of low draws waits for
+        // over a minute, a typical one for about four.
+        assert!(patience_ms(&p, 0.25) > 60_000, "{}", patience_ms(&p, 0.25));
+        assert!(patience_ms(&p, 0.5) > 180_000, "{}", patience_ms(&p, 0.5));
+        // Answers with errors are still given up on sooner.
+        let mut state = RetryState::default();
+        let mut decisions = 0;
+        while let Decision::RetryAfter(_) = state.decide(&p, status(503), true, &mut || 0.5) {
+            decisions += 1;
+        }
+        assert_eq!(decisions + 1, p.max_attempts);
     }
 
     #[test]
