@@ -21,6 +21,7 @@
 //! [`ManifestsError::Corrupt`] naming the session, and is never overwritten: changes to
 //! that session are refused until a person repairs or moves the file.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -87,8 +88,9 @@ pub type Result<T, E = ManifestsError> = std::result::Result<T, E>;
 struct Snapshot {
     /// The stored `session.json`, parsed.
     base: Option<SessionManifest>,
-    /// Every readable event, in key order.
-    events: Vec<ManifestEvent>,
+    /// Every event listed, by key (key order is fold order); `None` for one that could
+    /// not be read (unreadable, or deleted since it was listed).
+    events: BTreeMap<ObjectKey, Option<ManifestEvent>>,
     /// Every object under the session's folder.
     objects: Vec<ObjectMeta>,
 }
@@ -100,7 +102,7 @@ impl Snapshot {
             .base
             .clone()
             .unwrap_or_else(|| SessionManifest::new(session.clone()));
-        for event in &self.events {
+        for event in self.events.values().flatten() {
             manifest.apply(event);
         }
         manifest
@@ -218,12 +220,16 @@ impl Manifests {
                 break;
             }
             let listed = self.storage.list(&keys::session_prefix(session)).await?;
-            if event_keys(&listed, session) == event_keys(&snapshot.objects, session) {
+            let new: Vec<ObjectKey> = event_keys(&listed, session)
+                .into_iter()
+                .filter(|k| !snapshot.events.contains_key(*k))
+                .cloned()
+                .collect();
+            if new.is_empty() {
                 break;
             }
-            snapshot = self.snapshot(session).await?.ok_or_else(|| {
-                StorageError::backend(format!("session {session} vanished while being saved"))
-            })?;
+            snapshot.events.extend(self.read_events(new).await?);
+            snapshot.objects = listed;
         }
         let mut view = snapshot.folded(session);
         add_discovered(&mut view, &snapshot.objects);
@@ -305,36 +311,39 @@ impl Manifests {
         } else {
             None
         };
-        let events_prefix = keys::events_prefix(session);
-        let event_keys: Vec<ObjectKey> = objects
-            .iter()
-            .filter(|o| {
-                o.key.as_str().starts_with(&events_prefix) && o.key.as_str().ends_with(".json")
-            })
-            .map(|o| o.key.clone())
-            .collect();
-        let events: Vec<Option<ManifestEvent>> = futures::stream::iter(event_keys)
+        let listed: Vec<ObjectKey> = event_keys(&objects, session).into_iter().cloned().collect();
+        let events = self.read_events(listed).await?;
+        Ok(Some(Snapshot {
+            base,
+            events: events.into_iter().collect(),
+            objects,
+        }))
+    }
+
+    /// Reads events, [`READ_CONCURRENCY`] at a time; an unreadable one (or one deleted
+    /// since it was listed) comes back as `None` and is ignored by the fold.
+    async fn read_events(
+        &self,
+        keys: Vec<ObjectKey>,
+    ) -> Result<Vec<(ObjectKey, Option<ManifestEvent>)>> {
+        let read = futures::stream::iter(keys)
             .map(|key| async move {
                 match self.storage.get(&key).await {
                     Ok(bytes) => match serde_json::from_slice::<ManifestEvent>(&bytes) {
-                        Ok(event) => Ok(Some(event)),
+                        Ok(event) => Ok((key, Some(event))),
                         Err(e) => {
                             tracing::warn!(%key, error = %e, "ignoring an unreadable manifest event");
-                            Ok(None)
+                            Ok((key, None))
                         }
                     },
-                    Err(StorageError::NotFound { .. }) => Ok(None),
+                    Err(StorageError::NotFound { .. }) => Ok((key, None)),
                     Err(e) => Err(e),
                 }
             })
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
-        Ok(Some(Snapshot {
-            base,
-            events: events.into_iter().flatten().collect(),
-            objects,
-        }))
+        Ok(read)
     }
 }
 

@@ -238,7 +238,14 @@ admin_token = "{admin_token}"
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id])?;
+        // `node id` reads the node's key from disk and may answer before the daemon
+        // listens for RPC, which `layout assign` needs: retry it until then.
+        while let Err(e) = self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id]) {
+            if Instant::now() > deadline {
+                return Err(format!("{e}\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.cli(&["layout", "apply", "--version", "1"])?;
         let key = self.cli(&["key", "create", "recorder-test"])?;
         self.access_key_id = field(&key, "Key ID").ok_or("no Key ID in `garage key create`")?;
