@@ -40,8 +40,9 @@ const MIB = 1024 * 1024;
 const VIDEO_BPS = 8_000_000;
 // How long each offline stretch lasts: long enough that every request in flight and
 // every retry meanwhile fails, several times over.
-const REFUSED_MS = 15_000;
-const BLACKHOLE_MS = 10_000;
+// (FAULTS_REFUSED_MS and FAULTS_BLACKHOLE_MS override them.)
+const REFUSED_MS = Number(process.env.FAULTS_REFUSED_MS ?? 30_000);
+const BLACKHOLE_MS = Number(process.env.FAULTS_BLACKHOLE_MS ?? 10_000);
 // Parts the recording must reach before it is stopped (about 35 MiB).
 const PARTS = 7;
 
