@@ -332,3 +332,33 @@ async fn the_periodic_janitor_salvages_uploads_past_its_age() {
         file
     );
 }
+
+#[test]
+fn serve_takes_the_janitor_settings_and_refuses_bad_ones_naming_the_variable() {
+    let store = Store::new(Backend::Local);
+    // Accepted: the server starts (the first janitor run happens at once, on an empty
+    // store).
+    let server = store.start(&[
+        ("JANITOR_INTERVAL_SECS", "60"),
+        ("JANITOR_MAX_AGE_SECS", "3600"),
+    ]);
+    assert!(server.url.starts_with("http://127.0.0.1:"));
+    drop(server);
+    for (var, value) in [
+        ("JANITOR_INTERVAL_SECS", "5"),
+        ("JANITOR_INTERVAL_SECS", "hourly"),
+        ("JANITOR_MAX_AGE_SECS", "60"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recorder-server"))
+            .env_clear()
+            .env("DATA_DIR", store.data())
+            .env(var, value)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
