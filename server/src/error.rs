@@ -111,13 +111,22 @@ impl From<StorageError> for ApiError {
                      started). Start a new upload."
                 ),
             ),
+            StorageError::UploadBusy { upload_id, .. } => ApiError::conflict(
+                "upload_busy",
+                format!(
+                    "Upload {upload_id} is being completed by another request right now. \
+                     Ask again in a moment to learn the outcome."
+                ),
+            ),
             StorageError::InvalidPart(msg) => ApiError::bad_request("invalid_parts", msg),
             StorageError::TooLarge { limit } => ApiError::too_large(format!(
                 "The body is larger than the {limit} bytes allowed here; nothing was stored."
             )),
             StorageError::Truncated { got, expected } => ApiError::bad_request(
                 "truncated_body",
-                format!("The body ended after {got} of {expected} bytes; nothing was stored. Send it again."),
+                format!(
+                    "The body ended after {got} of {expected} bytes; nothing was stored. Send it again."
+                ),
             ),
             StorageError::RangeNotSatisfiable { size } => ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,

@@ -626,12 +626,27 @@ async fn complete_again(
     let expected: u64 = req.parts.iter().map(|p| p.size).sum();
     match state.storage.head(&handle.key).await {
         Ok(meta) => verify_and_record(state, handle, req, meta.size, expected, now).await,
+        // Nothing was stored from the upload this recording started with: it was
+        // aborted (perhaps by a cancel racing this complete, which records it a moment
+        // later) or cleaned up.
+        Err(StorageError::NotFound { .. })
+            if entry.and_then(|e| e.upload_id.as_deref()) == Some(handle.upload_id.as_str()) =>
+        {
+            Err(ApiError::conflict(
+                "upload_ended",
+                format!(
+                    "Recording {} was aborted (cancelled, or abandoned and cleaned up); \
+                     nothing was kept. Start a new upload.",
+                    handle.recording
+                ),
+            ))
+        }
         Err(StorageError::NotFound { .. }) => Err(ApiError::not_found(
             "upload_not_found",
             format!(
-                "The upload of recording {} is not in progress (it was aborted or never \
-                 started). Start a new upload.",
-                handle.recording
+                "The store has no upload {} for recording {}; it was never started. Start \
+                 a new upload.",
+                handle.upload_id, handle.recording
             ),
         )),
         Err(e) => Err(e.into()),
@@ -695,7 +710,47 @@ async fn complete_upload(
     Ok(Json(RecordingResponse { recording }))
 }
 
+/// 409 `already_complete`: the recording is kept, so it is not aborted.
+fn kept(handle: &UploadHandle, status: Option<RecordingStatus>) -> ApiError {
+    let how = match status {
+        Some(RecordingStatus::Partial) => "was salvaged as a partial recording and is kept",
+        Some(RecordingStatus::Complete) => "is complete",
+        // The object is stored but the complete that stored it has not recorded it yet.
+        _ => "has been completed (its upload was assembled and stored)",
+    };
+    ApiError::conflict(
+        "already_complete",
+        format!(
+            "Recording {} {how}; a kept recording is not aborted.",
+            handle.recording
+        ),
+    )
+}
+
+/// 409 `upload_ended` for an abort of a recording whose upload failed.
+fn failed_not_aborted(handle: &UploadHandle, entry: &Recording) -> ApiError {
+    let reason = entry
+        .error
+        .as_deref()
+        .map(|e| format!(" ({})", e.trim_end_matches('.')))
+        .unwrap_or_default();
+    ApiError::conflict(
+        "upload_ended",
+        format!(
+            "Recording {} already failed{reason}; nothing is kept and there is nothing to \
+             cancel. Start a new upload.",
+            handle.recording
+        ),
+    )
+}
+
 /// Aborts an upload (its parts are deleted) and records it as `aborted`.
+///
+/// Never reports success for a recording that ends up stored: a recording that is
+/// complete or partial, or whose upload a racing complete has assembled (its object
+/// exists), is 409 `already_complete`; while a complete is putting the object in place
+/// it is 409 `upload_busy` (ask again). A failed recording is 409 `upload_ended`.
+/// Aborting again answers the same `aborted` entry without recording anything.
 pub async fn abort(
     state: &AppState,
     handle: &UploadHandle,
@@ -706,22 +761,34 @@ pub async fn abort(
         .as_ref()
         .and_then(|m| m.recording(&handle.recording))
     {
-        if entry.status == RecordingStatus::Complete {
-            return Err(ApiError::conflict(
-                "already_complete",
-                format!(
-                    "Recording {} is complete; a complete recording is not aborted.",
-                    handle.recording
-                ),
-            ));
+        match entry.status {
+            RecordingStatus::Uploading => {}
+            RecordingStatus::Aborted => return Ok(entry.clone()),
+            RecordingStatus::Failed => return Err(failed_not_aborted(handle, entry)),
+            status @ (RecordingStatus::Complete | RecordingStatus::Partial) => {
+                return Err(kept(handle, Some(status)));
+            }
         }
     }
     state
         .storage
         .abort_multipart(&handle.key, &handle.upload_id)
         .await?;
+    // The upload is gone. If a complete got to it first, its object is stored: that
+    // recording is kept and must not be reported as aborted. (The key is this
+    // recording's own, so an object there can only come from its upload.)
+    if state.storage.exists(&handle.key).await? {
+        return Err(kept(handle, None));
+    }
     let entry = entry_for(handle, RecordingStatus::Aborted, now);
-    record_entry(state, &handle.session, entry, now).await
+    let recorded = record_entry(state, &handle.session, entry, now).await?;
+    // The fold never lets `aborted` hide a later status, so whatever else was recorded
+    // meanwhile shows here.
+    match recorded.status {
+        RecordingStatus::Aborted | RecordingStatus::Uploading => Ok(recorded),
+        RecordingStatus::Failed => Err(failed_not_aborted(handle, &recorded)),
+        status => Err(kept(handle, Some(status))),
+    }
 }
 
 async fn abort_upload(

@@ -60,6 +60,14 @@ const UPLOAD_META: &str = "meta.json";
 /// Length of the ETag trailer that ends every part file (hex of 16 bytes).
 const ETAG_LEN: usize = 32;
 
+/// How long an abort waits for a complete of the same upload that has claimed it to
+/// put its object in place (normally a single rename, so milliseconds).
+const ABORT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A complete's claim older than this whose object never appeared was left by a
+/// process that stopped mid-complete; an abort does not wait for it.
+const STALE_COMPLETE_CLAIM: Duration = Duration::from_secs(60);
+
 /// Objects stored as files under a root folder.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -338,18 +346,17 @@ impl Storage for LocalStorage {
             Err(StorageError::UploadNotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let target = self.path_of(key)?;
         let (key, upload_id) = (key.clone(), upload_id.to_owned());
         blocking(move || {
-            match read_upload_meta(&dir, &key, &upload_id) {
-                Ok(_) => {}
-                Err(StorageError::UploadNotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let Some(claimed) = claim(&dir, "aborting", &upload_id)? else {
-                return Ok(());
-            };
-            discard(&claimed);
-            Ok(())
+            abort_upload(
+                &dir,
+                &target,
+                &key,
+                &upload_id,
+                ABORT_PATIENCE,
+                STALE_COMPLETE_CLAIM,
+            )
         })
         .await
     }
@@ -963,6 +970,99 @@ fn discard(claimed: &Path) {
     }
 }
 
+/// Aborts the upload in `dir` (see [`Storage::abort_multipart`]). When the upload's
+/// folder is gone because a complete claimed it, waits (up to `patience`) until that
+/// complete has put the object at `target` or given the upload back, so that an `Ok`
+/// means: the object exists now, or this upload will never make it. A claim older than
+/// `stale_after` without its object is a crashed complete's and is not waited for.
+fn abort_upload(
+    dir: &Path,
+    target: &Path,
+    key: &ObjectKey,
+    upload_id: &str,
+    patience: Duration,
+    stale_after: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + patience;
+    let busy = || StorageError::UploadBusy {
+        key: key.to_string(),
+        upload_id: upload_id.to_owned(),
+    };
+    loop {
+        match read_upload_meta(dir, key, upload_id) {
+            Ok(_) => {
+                if let Some(claimed) = claim(dir, "aborting", upload_id)? {
+                    discard(&claimed);
+                    return Ok(());
+                }
+                // Someone else claimed it between the two steps: see who, below.
+            }
+            Err(StorageError::UploadNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match complete_claim_age(parent(dir), upload_id)? {
+            // No complete holds it: it was aborted, or completed and cleaned up. A
+            // complete that fails gives the folder back in the same rename that ends its
+            // claim, so look at the folder once more before saying it is gone.
+            None => match read_upload_meta(dir, key, upload_id) {
+                Ok(_) => {}
+                Err(StorageError::UploadNotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+            // The object is in place; the claimed folder is only being removed.
+            Some(_) if target.is_file() => return Ok(()),
+            Some(age) if age > stale_after => return Ok(()),
+            Some(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(busy());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How long ago a complete claimed upload `upload_id` (the youngest such claim under
+/// `uploads`), or `None` when no complete holds it.
+fn complete_claim_age(uploads: &Path, upload_id: &str) -> Result<Option<Duration>> {
+    let prefix = format!(".completing-{upload_id}-");
+    let entries = match std::fs::read_dir(uploads) {
+        Ok(entries) => entries,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(io_error("list", uploads, e)),
+    };
+    let mut youngest: Option<Duration> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list", uploads, e))?;
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        // Claimed and gone since it was listed: the complete ended.
+        let Ok(metadata) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let age = SystemTime::now()
+            .duration_since(changed_at(&metadata))
+            .unwrap_or_default();
+        youngest = Some(youngest.map_or(age, |y| y.min(age)));
+    }
+    Ok(youngest)
+}
+
+/// When a file's inode last changed (a rename changes it), else when it was modified.
+fn changed_at(metadata: &std::fs::Metadata) -> SystemTime {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(secs), Ok(nanos)) = (
+            u64::try_from(metadata.ctime()),
+            u32::try_from(metadata.ctime_nsec()),
+        ) {
+            return SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        }
+    }
+    metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 fn complete_upload(
     dir: &Path,
     target: &Path,
@@ -1426,6 +1526,70 @@ mod tests {
             Some("video/webm")
         );
         assert!(!dir.path().join(".uploads").join(&id).exists());
+    }
+
+    /// Claims `id` as a running complete would, and returns the claimed folder.
+    fn claim_as_complete(root: &Path, id: &str) -> PathBuf {
+        let dir = root.join(UPLOADS_DIR).join(id);
+        claim(&dir, "completing", id).unwrap().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abort_waits_for_a_complete_under_way_and_then_leaves_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let k = key("sessions/s/a.webm");
+        let (id, _) = two_part_upload(&s, &k, 5).await;
+        let claimed = claim_as_complete(dir.path(), &id);
+        let target = s.path_of(&k).unwrap();
+        let abort = {
+            let s = s.clone();
+            let (k, id) = (k.clone(), id.clone());
+            tokio::spawn(async move { s.abort_multipart(&k, &id).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !abort.is_finished(),
+            "the abort did not wait for the complete"
+        );
+        // The complete puts its object in place, then removes its claim.
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, b"assembled").unwrap();
+        std::fs::remove_dir_all(&claimed).unwrap();
+        abort.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"assembled");
+    }
+
+    #[tokio::test]
+    async fn an_abort_answers_busy_while_a_complete_holds_the_upload_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let k = key("sessions/s/a.webm");
+        let (id, _) = two_part_upload(&s, &k, 6).await;
+        let claimed = claim_as_complete(dir.path(), &id);
+        let upload = dir.path().join(UPLOADS_DIR).join(&id);
+        let target = s.path_of(&k).unwrap();
+        let patience = Duration::from_millis(50);
+        let err =
+            abort_upload(&upload, &target, &k, &id, patience, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(err, StorageError::UploadBusy { .. }), "{err:?}");
+        assert!(claimed.exists(), "the complete's claim is left alone");
+        // A claim older than `stale_after` is a crashed complete's: not waited for.
+        std::thread::sleep(Duration::from_millis(30));
+        abort_upload(
+            &upload,
+            &target,
+            &k,
+            &id,
+            patience,
+            Duration::from_millis(10),
+        )
+        .unwrap();
+        // A complete that failed gave the upload back: the abort takes it.
+        std::fs::rename(&claimed, &upload).unwrap();
+        abort_upload(&upload, &target, &k, &id, patience, Duration::from_secs(60)).unwrap();
+        assert!(!upload.exists());
+        assert!(s.list_uploads("").await.unwrap().is_empty());
     }
 
     impl LocalStorage {

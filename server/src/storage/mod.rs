@@ -61,6 +61,16 @@ pub enum StorageError {
         /// The upload id.
         upload_id: String,
     },
+    /// Another request is completing this upload at this very moment (its object is
+    /// being put in place), so it can be neither aborted nor completed now. Asking
+    /// again in a moment gets the outcome.
+    #[error("upload {upload_id} for {key} is being completed right now")]
+    UploadBusy {
+        /// The key.
+        key: String,
+        /// The upload id.
+        upload_id: String,
+    },
     /// The parts given to `complete_multipart` do not match what is stored, or a part
     /// number or size is out of range.
     #[error("invalid parts: {0}")]
@@ -277,7 +287,12 @@ pub trait Storage: Send + Sync + Debug + 'static {
     ) -> Result<ObjectMeta>;
 
     /// Ends the upload and deletes its parts. Aborting an upload that no longer exists
-    /// is not an error.
+    /// is not an error, whether it was aborted or completed: the caller tells the two
+    /// apart by whether the object exists. A backend on which a complete is not one
+    /// atomic step (the local folder) waits for a complete of this upload that is under
+    /// way to end first, so that when this returns `Ok` the object either exists or
+    /// never will from this upload; if that takes too long it answers
+    /// [`StorageError::UploadBusy`].
     async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<()>;
 
     /// Uploads in progress under `prefix`.
