@@ -426,7 +426,8 @@ async fn the_whole_upload_flow_stores_verified_media_and_records_it() {
     let all = webm_bytes(5 * MIB + 300);
     let parts = vec![all[..5 * MIB].to_vec(), all[5 * MIB..].to_vec()];
     let specs = h.put_parts(&id, &token, &start, &parts).await;
-    let sha = "ab".repeat(32);
+    // The local backend checks the client's hash against the stored bytes.
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&all));
     let rec_uri = format!("/api/sessions/{id}/uploads/{rec}/complete");
     let body =
         json!({"upload": start["upload"], "parts": specs, "sha256": sha, "duration_ms": 4321});

@@ -153,6 +153,7 @@ pub struct CompleteUploadRequest {
     /// The parts sent, numbers 1..=n, each with its size.
     pub parts: Vec<PartSpec>,
     /// Hex SHA-256 of the whole recording, computed by the client while recording.
+    /// Recorded as the client's claim; only the local backend verifies it.
     #[serde(default)]
     pub sha256: Option<String>,
     /// Duration as the recorder measured it.

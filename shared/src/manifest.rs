@@ -138,7 +138,10 @@ pub struct Recording {
     pub finished_at: Option<OffsetDateTime>,
     /// Where it stands.
     pub status: RecordingStatus,
-    /// Hex SHA-256 of the bytes, as the client computed them while recording.
+    /// Hex SHA-256 of the bytes, as the client computed them while recording: the
+    /// client's own claim. On S3 the server does not read media (the bytes never pass
+    /// through it), so it records this unverified; on the local backend it hashes the
+    /// stored file at complete and refuses a mismatch (422 `checksum_mismatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// The storage's multipart upload id while uploading (for salvage and clean-up).
