@@ -102,3 +102,62 @@ async fn a_checksum_that_matches_is_recorded() {
     assert_eq!(a.status, StatusCode::OK, "{}", message(&a));
     assert_eq!(a.json()["recording"]["sha256"], sha.as_str());
 }
+
+// ---------------------------------------------------------------------------------------
+// Metadata
+
+#[tokio::test]
+async fn metadata_updates_cannot_grow_a_session_past_its_bounds() {
+    let h = Harness::new(&[]);
+    let (session, token) = h.create_session().await;
+    let path = format!("/api/sessions/{session}/metadata");
+    let mut accepted = 0;
+    let mut refused = None;
+    for round in 0..100 {
+        let fields: serde_json::Map<String, Value> = (0..32)
+            .map(|i| (format!("r{round}_f{i}"), json!(i)))
+            .collect();
+        let a = h
+            .call(
+                "PATCH",
+                &path,
+                Some(&token),
+                Some(json!({"metadata": fields})),
+            )
+            .await;
+        if a.status == StatusCode::OK {
+            accepted += 1;
+        } else {
+            refused = Some(a);
+            break;
+        }
+    }
+    assert_eq!(accepted, 1, "only the first 32 new fields fit");
+    let a = refused.expect("a change past the bounds is refused");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "metadata_too_large")
+    );
+    assert!(message(&a).contains("64 further fields"), "{}", message(&a));
+
+    // Changing fields that exist, and study/participant, still works.
+    let a = h
+        .call(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(json!({"metadata": {"r0_f0": "changed", "participant": "P9"}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", message(&a));
+    let m = a.json()["metadata"].clone();
+    assert_eq!(m["r0_f0"], "changed");
+    assert_eq!(m["participant"], "P9");
+    assert_eq!(m.as_object().unwrap().len(), 33);
+    let stored = std::fs::read(h.data().join(format!("sessions/{session}/session.json"))).unwrap();
+    assert!(
+        stored.len() < 16 * 1024,
+        "session.json is {} bytes",
+        stored.len()
+    );
+}

@@ -109,7 +109,8 @@ pub fn new_session_id() -> SessionId {
     SessionId::parse(&text).expect("base64url text is a valid session id")
 }
 
-/// Checks metadata against the documented bounds (400 `invalid_metadata`).
+/// Checks one change's metadata against the documented bounds (400
+/// `invalid_metadata`).
 pub fn check_metadata(metadata: &Metadata) -> Result<(), ApiError> {
     let bad = |msg: String| ApiError::bad_request("invalid_metadata", msg);
     for (name, value) in [
@@ -118,13 +119,14 @@ pub fn check_metadata(metadata: &Metadata) -> Result<(), ApiError> {
     ] {
         if value.as_ref().is_some_and(|v| v.len() > MAX_METADATA_TEXT) {
             return Err(bad(format!(
-                "metadata.{name} must be at most {MAX_METADATA_TEXT} bytes"
+                "`metadata.{name}` must be at most {MAX_METADATA_TEXT} bytes."
             )));
         }
     }
     if metadata.extra.len() > MAX_METADATA_FIELDS {
         return Err(bad(format!(
-            "metadata may have at most {MAX_METADATA_FIELDS} further fields"
+            "The metadata has {} further fields; at most {MAX_METADATA_FIELDS} are allowed.",
+            metadata.extra.len()
         )));
     }
     if let Some(k) = metadata
@@ -133,15 +135,52 @@ pub fn check_metadata(metadata: &Metadata) -> Result<(), ApiError> {
         .find(|k| k.is_empty() || k.len() > MAX_METADATA_KEY)
     {
         return Err(bad(format!(
-            "metadata field name {k:?} must be 1 to {MAX_METADATA_KEY} bytes"
+            "The metadata field name {k:?} must be 1 to {MAX_METADATA_KEY} bytes."
         )));
     }
-    let size = serde_json::to_vec(metadata)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = metadata_size(metadata);
     if size > MAX_METADATA_BYTES {
         return Err(bad(format!(
-            "metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are kept per change"
+            "The metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES} are allowed."
+        )));
+    }
+    Ok(())
+}
+
+fn metadata_size(metadata: &Metadata) -> usize {
+    serde_json::to_vec(metadata)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// Checks that overlaying `change` on a session's `current` metadata keeps the result
+/// within the same bounds as one change (400 `metadata_too_large`), so that repeated
+/// updates cannot grow it without limit. A change that does not make an oversized
+/// result (kept from before these bounds) larger is let through.
+pub fn check_merged_metadata(current: &Metadata, change: &Metadata) -> Result<(), ApiError> {
+    let mut merged = current.clone();
+    merged.merge(change);
+    let too_large = |msg: String| {
+        ApiError::bad_request(
+            "metadata_too_large",
+            format!(
+                "{msg} Change existing fields instead of adding new ones, or keep longer \
+                 notes elsewhere."
+            ),
+        )
+    };
+    let (fields, before) = (merged.extra.len(), current.extra.len());
+    if fields > MAX_METADATA_FIELDS && fields > before {
+        return Err(too_large(format!(
+            "With this change the session's metadata would have {fields} further fields; \
+             at most {MAX_METADATA_FIELDS} are kept per session."
+        )));
+    }
+    let (size, before) = (metadata_size(&merged), metadata_size(current));
+    if size > MAX_METADATA_BYTES && size > before {
+        return Err(too_large(format!(
+            "With this change the session's metadata would be {size} bytes as JSON; at most \
+             {MAX_METADATA_BYTES} are kept per session."
         )));
     }
     Ok(())
@@ -191,9 +230,12 @@ async fn update_metadata(
     ApiJson(req): ApiJson<UpdateMetadataRequest>,
 ) -> Result<Json<SessionManifest>, ApiError> {
     check_metadata(&req.metadata)?;
-    if !state.manifests.exists(&auth.session).await? {
-        return Err(session_not_found(&auth.session));
-    }
+    let current = state
+        .manifests
+        .load(&auth.session)
+        .await?
+        .ok_or_else(|| session_not_found(&auth.session))?;
+    check_merged_metadata(&current.metadata, &req.metadata)?;
     let change = Change::Metadata {
         metadata: req.metadata,
     };
@@ -1015,5 +1057,38 @@ mod tests {
         big.extra
             .insert("notes".into(), "x".repeat(MAX_METADATA_BYTES).into());
         assert_eq!(check_metadata(&big).unwrap_err().code, "invalid_metadata");
+    }
+
+    fn fields(prefix: &str, n: usize) -> Metadata {
+        let mut m = Metadata::default();
+        for i in 0..n {
+            m.extra.insert(format!("{prefix}{i}"), i.into());
+        }
+        m
+    }
+
+    #[test]
+    fn merged_metadata_is_bounded_but_an_oversized_one_may_shrink() {
+        let full = fields("a", MAX_METADATA_FIELDS);
+        // Overwriting existing fields is fine; one more field is not.
+        assert!(check_merged_metadata(&full, &fields("a", 3)).is_ok());
+        let e = check_merged_metadata(&full, &fields("b", 1)).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "metadata_too_large"));
+        assert!(e.message.contains("33 further fields"), "{}", e.message);
+        // Bytes add up across changes too.
+        let mut half = Metadata::default();
+        half.extra
+            .insert("n1".into(), "x".repeat(MAX_METADATA_BYTES / 2).into());
+        let mut other = Metadata::default();
+        other
+            .extra
+            .insert("n2".into(), "y".repeat(MAX_METADATA_BYTES / 2).into());
+        let e = check_merged_metadata(&half, &other).unwrap_err();
+        assert_eq!(e.code, "metadata_too_large");
+        // A session already over the bounds (from before them) can still be changed in
+        // ways that do not grow it.
+        let over = fields("a", MAX_METADATA_FIELDS + 5);
+        assert!(check_merged_metadata(&over, &fields("a", 1)).is_ok());
+        assert!(check_merged_metadata(&over, &fields("z", 1)).is_err());
     }
 }
