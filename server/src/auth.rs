@@ -131,7 +131,8 @@ pub fn path_param<T>(
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
         .ok_or_else(|| ApiError::internal(format!("route has no `{name}` parameter")))?;
-    parse(raw).map_err(|e| ApiError::bad_request("invalid_id", format!("{name}: {e}.")))
+    // "The path's session id may only contain ... (found '\')."
+    parse(raw).map_err(|e| ApiError::bad_request("invalid_id", format!("The path's {e}.")))
 }
 
 async fn raw_params(parts: &mut Parts) -> Result<RawPathParams, ApiError> {

@@ -94,6 +94,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RawKey {
     }
 }
 
+/// "This URL expired at 2026-12-03T10:15:00Z", from Unix seconds.
+fn expired_at(unix_secs: u64) -> String {
+    let when = i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    match when {
+        Some(when) => format!("This URL expired at {when}"),
+        None => format!("This URL expired at {unix_secs} (Unix seconds)"),
+    }
+}
+
 /// Parses the key and checks the signature for `method`.
 fn authorize(
     state: &StorageState,
@@ -108,9 +123,12 @@ fn authorize(
         .signer
         .verify(method.as_str(), &key, query, (state.clock)())
         .map_err(|e| match e {
-            UrlError::Malformed(_) => ApiError::forbidden(
+            UrlError::Malformed(detail) => ApiError::forbidden(
                 "signature_malformed",
-                format!("{e}. Use the URL exactly as the server gave it."),
+                format!(
+                    "The URL is not a complete signed storage URL ({detail}). Use the URL \
+                     exactly as the server gave it."
+                ),
             ),
             UrlError::BadSignature => ApiError::forbidden(
                 "signature_mismatch",
@@ -118,7 +136,10 @@ fn authorize(
                  signed for another method, key, size or content type. Ask the server for a \
                  fresh URL.",
             ),
-            UrlError::Expired(_) => ApiError::forbidden("signature_expired", e.to_string()),
+            UrlError::Expired(at) => ApiError::forbidden(
+                "signature_expired",
+                format!("{}. Ask the server for a fresh URL.", expired_at(at)),
+            ),
         })?;
     Ok((key, op))
 }

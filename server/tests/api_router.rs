@@ -374,7 +374,8 @@ async fn traversal_in_any_spelling_is_invalid_id_and_writes_nothing() {
         .await;
     assert_eq!(
         (a.status.as_u16(), a.code().as_str()),
-        (400, "invalid_body")
+        (400, "invalid_id"),
+        "an id in a body is checked like one in a path"
     );
     assert_eq!(tree(&h.data()), before, "nothing was written anywhere");
 }

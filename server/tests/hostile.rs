@@ -521,7 +521,7 @@ fn table(w: &World) -> Vec<Case> {
             "POST",
             &uploads_path,
             400,
-            "invalid_body",
+            "invalid_id",
         )
         .token(t)
         .json(json!({"problem_id": "../x", "content_type": "video/webm"})),

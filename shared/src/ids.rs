@@ -46,7 +46,8 @@ impl fmt::Display for IdError {
             IdError::TooLong { what, max } => write!(f, "{what} must be at most {max} bytes"),
             IdError::BadCharacter { what, found } => write!(
                 f,
-                "{what} may only contain ASCII letters, digits, '-' and '_' (found {found:?})"
+                "{what} may only contain ASCII letters, digits, '-' and '_' (found {})",
+                describe_char(*found)
             ),
             IdError::BadSegment { what } => write!(
                 f,
@@ -57,6 +58,18 @@ impl fmt::Display for IdError {
 }
 
 impl std::error::Error for IdError {}
+
+/// A character as a person reads it: `'\'`, `'é' (U+00E9)`, `a space`, `the control
+/// character U+0000`.
+fn describe_char(c: char) -> String {
+    match c {
+        ' ' => "a space".to_owned(),
+        c if c.is_control() => format!("the control character U+{:04X}", u32::from(c)),
+        c if c.is_whitespace() => format!("the space character U+{:04X}", u32::from(c)),
+        c if c.is_ascii() => format!("'{c}'"),
+        c => format!("'{c}' (U+{:04X})", u32::from(c)),
+    }
+}
 
 /// Checks the common id rule: 1..=`max` bytes of `[A-Za-z0-9_-]`.
 fn check_id(what: &'static str, text: &str, max: usize) -> Result<(), IdError> {
@@ -270,6 +283,16 @@ mod tests {
         let key = ObjectKey::parse("sessions/s1/recording_p1_1.webm").unwrap();
         assert_eq!(key.file_name(), "recording_p1_1.webm");
         assert_eq!(key.segments().count(), 3);
+    }
+
+    #[test]
+    fn a_refused_character_is_named_readably() {
+        let text = |raw: &str| SessionId::parse(raw).unwrap_err().to_string();
+        assert!(text("a\\b").ends_with("(found '\\')"), "{}", text("a\\b"));
+        assert!(text("a b").ends_with("(found a space)"));
+        assert!(text("a\0b").ends_with("(found the control character U+0000)"));
+        assert!(text("é").ends_with("(found 'é' (U+00E9))"));
+        assert!(text("a/b").starts_with("session id may only contain"));
     }
 
     #[test]

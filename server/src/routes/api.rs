@@ -589,12 +589,25 @@ pub async fn complete(
         }
         Err(e) => return Err(e.into()),
     };
+    if req.parts.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_parts",
+            "The complete request lists no parts. List the parts you uploaded (each one's \
+             `part_number` and `size`), then complete again.",
+        ));
+    }
     if let Some(diff) = parts_difference(&req.parts, &stored) {
+        // What to do depends on the side that lacks a part.
+        let next = if diff.contains("which the client did not list") {
+            "List every part you uploaded, then complete again."
+        } else if diff.contains("the store holds no such part") {
+            "Upload the missing parts, then complete again."
+        } else {
+            "Upload that part again, then complete again."
+        };
         return Err(ApiError::conflict(
             "parts_mismatch",
-            format!(
-                "The parts do not match what the store holds: {diff}. Upload the missing parts, then complete again."
-            ),
+            format!("The parts do not match what the store holds: {diff}. {next}"),
         ));
     }
     check_part_sequence(&stored)?;

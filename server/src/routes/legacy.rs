@@ -94,9 +94,11 @@ async fn handle(
         }
     }
     let mut multipart = multipart.map_err(|e| {
+        tracing::debug!("old upload route: not a multipart form: {}", e.body_text());
         ApiError::bad_request(
             "invalid_multipart",
-            format!("The body must be a multipart form: {}.", e.body_text()),
+            "Send a multipart/form-data body (`Content-Type: multipart/form-data; \
+             boundary=...`) with the fields `recording` (the file) and `problem_id`.",
         )
     })?;
     if let Some(len) = content_length(&headers) {
