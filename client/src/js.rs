@@ -80,6 +80,17 @@ impl Recorder {
         })
     }
 
+    /// Instead of recording: uploads `blob` (a recording made elsewhere, e.g. by the
+    /// page's own `MediaRecorder`) as this recorder's recording of `contentType`,
+    /// through the same part planner, hashing and uploader as a live recording.
+    /// Resolves with the manifest entry (`status: "complete"`); `progress` events fire
+    /// as for a recording.
+    #[wasm_bindgen(js_name = uploadBlob)]
+    pub fn upload_blob(&self, blob: web_sys::Blob, content_type: String) -> Promise {
+        let inner = self.inner.clone();
+        promise(async move { Ok(web::to_js(&inner.upload_blob(blob, &content_type).await?)) })
+    }
+
     /// Stops recording and resolves with the manifest entry once every byte is stored
     /// and the server has completed the upload.
     pub fn stop(&self) -> Promise {

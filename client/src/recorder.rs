@@ -257,28 +257,13 @@ impl Recorder {
         let content_type = if reported.is_empty() { mime } else { reported };
         self.view.borrow_mut().mime_type = Some(content_type.clone());
 
-        let api = Api::new(&o.server, Some(o.token.clone()));
-        let policy = RetryPolicy::default();
-        let opened = match api
-            .start_upload(&policy, &o.session_id, &o.problem_id, &content_type)
-            .await
-        {
-            Ok(opened) => opened,
+        let ctx = match self.open_upload(&content_type).await {
+            Ok(ctx) => ctx,
             Err(e) => {
                 let _ = recorder.stop();
                 return Err(e);
             }
         };
-        let ctx = Rc::new(UploadContext {
-            api,
-            policy,
-            session: o.session_id.clone(),
-            recording: opened.recording_id.clone(),
-            opened,
-            abort: AbortController::new()
-                .map_err(|e| ClientError::Recorder(web::describe(&e).1))?,
-            stopped: Default::default(),
-        });
         if self.check_cancelled().is_err() {
             let _ = recorder.stop();
             let _ = ctx
@@ -287,40 +272,125 @@ impl Recorder {
                 .await;
             return Err(ClientError::Cancelled);
         }
+        let input = Input::Live { recorder, stream };
+        let session = self.session(ctx, input, tx.clone(), listeners, started_ms);
+        self.launch(session, tx, rx, State::Recording);
+        Ok(())
+    }
+
+    /// Uploads `blob` as this recorder's recording of `content_type` instead of
+    /// recording one: the same part planner, hashing, uploader and complete as a live
+    /// recording, fed with the Blob in slices of [`BLOB_CHUNK_SIZE`] as the uploader
+    /// asks for them. Resolves with the manifest entry. For a recording made elsewhere
+    /// (a `MediaRecorder` of the page's own, a file), and for the benchmarks.
+    pub async fn upload_blob(
+        &self,
+        blob: Blob,
+        content_type: &str,
+    ) -> Result<Recording, ClientError> {
+        if !matches!(self.state(), State::Idle) {
+            return Err(ClientError::Usage(
+                "uploadBlob() works once per Recorder, and not after start()".into(),
+            ));
+        }
+        set_state(&self.view, State::Starting);
+        let ctx = match self.open_upload(content_type).await {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                finish(&self.view, Err(e.clone()));
+                return Err(e);
+            }
+        };
+        if self.check_cancelled().is_err() {
+            let _ = ctx
+                .api
+                .abort(&ctx.session, &ctx.recording, &ctx.opened.upload)
+                .await;
+            finish(&self.view, Err(ClientError::Cancelled));
+            return Err(ClientError::Cancelled);
+        }
+        self.view.borrow_mut().mime_type = Some(content_type.to_owned());
+        let (tx, rx) = mpsc::unbounded();
+        let listeners = listen_network(&tx);
+        let input = Input::Blob { blob, at: 0 };
+        let session = self.session(ctx, input, tx.clone(), listeners, web::now_ms());
+        let (done, result) = oneshot::channel();
+        self.view.borrow_mut().waiters.push(done);
+        self.launch(session, tx, rx, State::Uploading);
+        result.await.unwrap_or(Err(ClientError::Cancelled))
+    }
+
+    /// Opens the upload of `content_type` on the server: what every part shares.
+    async fn open_upload(&self, content_type: &str) -> Result<Rc<UploadContext>, ClientError> {
+        let o = &self.options;
+        let api = Api::new(&o.server, Some(o.token.clone()));
+        let policy = RetryPolicy::default();
+        let opened = api
+            .start_upload(&policy, &o.session_id, &o.problem_id, content_type)
+            .await?;
+        Ok(Rc::new(UploadContext {
+            api,
+            policy,
+            session: o.session_id.clone(),
+            recording: opened.recording_id.clone(),
+            opened,
+            abort: AbortController::new()
+                .map_err(|e| ClientError::Recorder(web::describe(&e).1))?,
+            stopped: Default::default(),
+        }))
+    }
+
+    /// The actor for an open upload, fed by `input`.
+    fn session(
+        &self,
+        ctx: Rc<UploadContext>,
+        input: Input,
+        tx: mpsc::UnboundedSender<Msg>,
+        listeners: Vec<EventListener>,
+        started_ms: u64,
+    ) -> Session {
         let limits = PartLimits {
             min_part_size: ctx.opened.min_part_size,
             max_part_size: ctx.opened.max_part_size,
             max_parts: ctx.opened.max_parts,
         };
-        let sizing = PartSizing::new(limits, o.part_size.unwrap_or(0));
-        let session = Session {
+        let sizing = PartSizing::new(limits, self.options.part_size.unwrap_or(0));
+        Session {
             view: self.view.clone(),
             ctx,
-            recorder,
-            stream,
+            input,
             planner: PartPlanner::new(sizing),
             hasher: Sha256::new(),
             accounting: Accounting::default(),
             queue: VecDeque::new(),
             sizes: BTreeMap::new(),
             in_flight: 0,
-            concurrency: o.concurrency.unwrap_or(3).clamp(1, 8),
+            concurrency: self.options.concurrency.unwrap_or(3).clamp(1, 8),
             online: web::online(),
             started_ms,
             stopped_ms: None,
             recorder_done: false,
-            tx: tx.clone(),
+            tx,
             _listeners: listeners,
-        };
+        }
+    }
+
+    /// Hands the recording to `session`, in `state`, and starts the actor.
+    fn launch(
+        &self,
+        session: Session,
+        tx: mpsc::UnboundedSender<Msg>,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        state: State,
+    ) {
         {
             let mut view = self.view.borrow_mut();
             view.tx = Some(tx);
             view.recording_id = Some(session.ctx.recording.to_string());
         }
-        set_state(&self.view, State::Recording);
+        set_state(&self.view, state);
         session.publish();
         wasm_bindgen_futures::spawn_local(session.run(rx));
-        Ok(())
     }
 
     fn check_cancelled(&self) -> Result<(), ClientError> {
@@ -417,9 +487,8 @@ fn listen(recorder: &MediaRecorder, tx: &mpsc::UnboundedSender<Msg>) -> Vec<Even
                 ))
             }),
         ),
-        EventListener::new(&window, "online", send(|_| Some(Msg::Online(true)))),
-        EventListener::new(&window, "offline", send(|_| Some(Msg::Online(false)))),
     ];
+    listeners.extend(listen_network(tx));
     // When the page is hidden or left, ask the recorder for what it holds now, so that
     // the data is in hand (and hashed and planned) should the page not come back.
     let flush = |recorder: &MediaRecorder| {
@@ -447,12 +516,45 @@ fn listen(recorder: &MediaRecorder, tx: &mpsc::UnboundedSender<Msg>) -> Vec<Even
     listeners
 }
 
+/// The `online` and `offline` listeners of one upload.
+fn listen_network(tx: &mpsc::UnboundedSender<Msg>) -> Vec<EventListener> {
+    let window = web::window();
+    let send = |online: bool| {
+        let tx = tx.clone();
+        move |_: &web_sys::Event| {
+            let _ = tx.unbounded_send(Msg::Online(online));
+        }
+    };
+    vec![
+        EventListener::new(&window, "online", send(true)),
+        EventListener::new(&window, "offline", send(false)),
+    ]
+}
+
+/// How much of an uploaded Blob ([`Recorder::upload_blob`]) is read and hashed at a
+/// time: the size of the chunks it is fed to the planner in.
+pub const BLOB_CHUNK_SIZE: u64 = 1 << 20;
+
+/// Parts planned from a Blob but not yet sending, at most: the Blob is read only this
+/// far ahead of the uploads, as a live recorder's chunks arrive only as recorded.
+const BLOB_READ_AHEAD_PARTS: usize = 2;
+
+/// Where an upload's bytes come from.
+enum Input {
+    /// A live recording: MediaRecorder's chunks, as messages.
+    Live {
+        recorder: MediaRecorder,
+        stream: MediaStream,
+    },
+    /// A Blob given whole, read from `at` on.
+    Blob { blob: Blob, at: u64 },
+}
+
 /// The actor owning one recording from the moment its upload is open.
 struct Session {
     view: Rc<RefCell<View>>,
     ctx: Rc<UploadContext>,
-    recorder: MediaRecorder,
-    stream: MediaStream,
+    input: Input,
     planner: PartPlanner<Blob>,
     hasher: Sha256,
     accounting: Accounting,
@@ -478,7 +580,18 @@ enum End {
 impl Session {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let end = loop {
-            let Some(msg) = rx.next().await else {
+            // Messages already waiting (a part done, a cancel) go before reading more of
+            // a Blob input, so that a finished part is replaced at once.
+            let waiting = match rx.try_recv() {
+                Ok(msg) => Some(Some(msg)),
+                Err(mpsc::TryRecvError::Closed) => Some(None),
+                Err(mpsc::TryRecvError::Empty) => self.next_from_blob().map(Some),
+            };
+            let msg = match waiting {
+                Some(msg) => msg,
+                None => rx.next().await,
+            };
+            let Some(msg) = msg else {
                 break End::Failed(ClientError::Recorder("the recorder went away".into()));
             };
             match self.handle(msg).await {
@@ -499,6 +612,41 @@ impl Session {
         self.end(end).await;
     }
 
+    /// The next chunk of a Blob input while few planned parts wait to be sent, then
+    /// (once) the end of the data; `None` for a live recording, or while enough parts
+    /// wait.
+    fn next_from_blob(&mut self) -> Option<Msg> {
+        let Input::Blob { blob, at } = &mut self.input else {
+            return None;
+        };
+        if self.recorder_done || self.queue.len() >= BLOB_READ_AHEAD_PARTS {
+            return None;
+        }
+        let size = blob.size() as u64;
+        if *at >= size {
+            return Some(Msg::RecorderStopped);
+        }
+        let end = at.saturating_add(BLOB_CHUNK_SIZE).min(size);
+        let chunk = crate::plan::Chunk::slice(&*blob, *at, end);
+        *at = end;
+        Some(Msg::Chunk(chunk))
+    }
+
+    /// The recorder, for a live recording.
+    fn recorder(&self) -> Option<&MediaRecorder> {
+        match &self.input {
+            Input::Live { recorder, .. } => Some(recorder),
+            Input::Blob { .. } => None,
+        }
+    }
+
+    /// Releases the devices of a live recording.
+    fn stop_tracks(&self) {
+        if let Input::Live { stream, .. } = &self.input {
+            capture::stop_tracks(stream);
+        }
+    }
+
     async fn handle(&mut self, msg: Msg) -> Result<Option<End>, ClientError> {
         match msg {
             Msg::Chunk(blob) => self.take_chunk(blob).await?,
@@ -510,7 +658,7 @@ impl Session {
                 }
                 self.view.borrow_mut().sha256 =
                     Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
-                capture::stop_tracks(&self.stream);
+                self.stop_tracks();
                 set_state(&self.view, State::Uploading);
             }
             Msg::RecorderError(detail) => return Err(ClientError::Recorder(detail)),
@@ -526,11 +674,13 @@ impl Session {
             }
             Msg::Online(online) => self.online = online,
             Msg::Stop => {
-                if self.recorder.state() != RecordingState::Inactive {
-                    self.stopped_ms = Some(web::now_ms());
-                    self.recorder
-                        .stop()
-                        .map_err(|e| ClientError::Recorder(web::describe(&e).1))?;
+                if let Some(recorder) = self.recorder().cloned() {
+                    if recorder.state() != RecordingState::Inactive {
+                        self.stopped_ms = Some(web::now_ms());
+                        recorder
+                            .stop()
+                            .map_err(|e| ClientError::Recorder(web::describe(&e).1))?;
+                    }
                 }
                 set_state(&self.view, State::Uploading);
             }
@@ -618,7 +768,8 @@ impl Session {
             upload: self.ctx.opened.upload.clone(),
             parts,
             sha256: self.view.borrow().sha256.clone(),
-            duration_ms: Some(self.elapsed_ms()),
+            // A Blob's duration is not known here (the server reads none from the bytes).
+            duration_ms: self.recorder().map(|_| self.elapsed_ms()),
         };
         let answer = self
             .ctx
@@ -635,10 +786,12 @@ impl Session {
 
     async fn end(self, end: End) {
         self.ctx.stopped.set(true);
-        if self.recorder.state() != RecordingState::Inactive {
-            let _ = self.recorder.stop();
+        if let Some(recorder) = self.recorder() {
+            if recorder.state() != RecordingState::Inactive {
+                let _ = recorder.stop();
+            }
         }
-        capture::stop_tracks(&self.stream);
+        self.stop_tracks();
         match end {
             End::Completed(recording) => {
                 self.publish_final(State::Complete);
