@@ -349,11 +349,90 @@ impl Config {
         }
     }
 
+    /// Checks that `WWW_DIR` holds the pages: the folder exists, has `index.html` (the
+    /// participant page) and `pkg/client.js` (the wasm client, built by
+    /// `scripts/dev web`). `serve` calls it before listening, so that a wrong folder
+    /// stops start-up with one line instead of a server whose every page is a 404.
+    pub fn check_www(&self) -> Result<(), ConfigError> {
+        let dir = &self.www_dir;
+        let shown = || match std::env::current_dir() {
+            Ok(cwd) if dir.is_relative() => {
+                format!("{} (in {})", dir.display(), cwd.display())
+            }
+            _ => dir.display().to_string(),
+        };
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                "WWW_DIR",
+                format!(
+                    "{} is not a folder; set WWW_DIR to the pages folder (`www` in the \
+                     repository), or start the server from the repository root",
+                    shown()
+                ),
+            ));
+        }
+        if !dir.join("index.html").is_file() {
+            return Err(ConfigError::new(
+                "WWW_DIR",
+                format!(
+                    "{} has no index.html; set WWW_DIR to the pages folder (`www` in the \
+                     repository)",
+                    shown()
+                ),
+            ));
+        }
+        if !dir.join("pkg").join("client.js").is_file() {
+            return Err(ConfigError::new(
+                "WWW_DIR",
+                format!(
+                    "{} has no pkg/client.js: the wasm client is not built; run scripts/dev web",
+                    shown()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// On the local backend, makes sure `DATA_DIR` exists and can be written, naming
+    /// `DATA_DIR` when it cannot (rather than the first file the server tries to write
+    /// there).
+    fn check_data_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.data_dir;
+        fs::create_dir_all(dir).map_err(|e| {
+            ConfigError::new(
+                "DATA_DIR",
+                format!("the folder {} cannot be created: {e}", dir.display()),
+            )
+        })?;
+        let probe = dir.join(format!(".write-test-{}", hex::encode(random_bytes(8))));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(ConfigError::new(
+                "DATA_DIR",
+                format!(
+                    "the folder {} cannot be written: {e}; local storage keeps everything there",
+                    dir.display()
+                ),
+            )),
+        }
+    }
+
     /// The server secret and researcher token: from the environment when set, else (a
     /// local install only) read from or created in `DATA_DIR`. Creation is atomic and
     /// never replaces an existing file, so every process sharing `DATA_DIR` ends up
-    /// with the same values.
+    /// with the same values. On the local backend `DATA_DIR` is checked first (created
+    /// if missing, and writable), and a problem with it names `DATA_DIR`.
     pub fn resolve_secrets(&self) -> Result<Secrets, ConfigError> {
+        if self.backend == StorageBackend::Local {
+            self.check_data_dir()?;
+        }
         let server_secret = match &self.server_secret {
             Some(s) => s.clone(),
             None => {
@@ -862,6 +941,37 @@ mod tests {
         // A later start reads the same values back.
         let again = config.resolve_secrets().unwrap();
         assert_eq!(&again.researcher_token, token);
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_made_is_named_as_such() {
+        for path in ["/proc/nope", "/dev/null/data"] {
+            let c = Config::from_vars(vars(&[("DATA_DIR", path)])).unwrap();
+            let e = c.resolve_secrets().unwrap_err();
+            assert_eq!(e.var, "DATA_DIR", "{e}");
+            assert!(e.message.contains(path), "{e}");
+        }
+    }
+
+    #[test]
+    fn www_dir_must_hold_the_pages_and_the_built_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let www = dir.path().join("www");
+        let config =
+            |path: &Path| Config::from_vars(vars(&[("WWW_DIR", path.to_str().unwrap())])).unwrap();
+        let e = config(&www).check_www().unwrap_err();
+        assert_eq!(e.var, "WWW_DIR");
+        assert!(e.message.contains("is not a folder"), "{e}");
+        fs::create_dir_all(www.join("pkg")).unwrap();
+        let e = config(&www).check_www().unwrap_err();
+        assert!(e.message.contains("no index.html"), "{e}");
+        fs::write(www.join("index.html"), "<h1>hi</h1>").unwrap();
+        let e = config(&www).check_www().unwrap_err();
+        assert!(e.message.contains("run scripts/dev web"), "{e}");
+        fs::write(www.join("pkg/client.js"), "export default 1;").unwrap();
+        config(&www).check_www().unwrap();
+        let e = config(&dir.path().join("nope")).check_www().unwrap_err();
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
     }
 
     #[test]

@@ -120,6 +120,10 @@ async fn setup_s3(config: Config, abort_after_days: i32) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    if let Err(e) = config.check_www() {
+        eprintln!("recorder: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     let secrets = match config.resolve_secrets() {
         Ok(s) => s,
         Err(e) => {

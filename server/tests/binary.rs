@@ -648,6 +648,59 @@ fn invalid_configuration_stops_with_one_line_naming_the_variable() {
     }
 }
 
+#[test]
+fn missing_pages_or_an_unusable_data_dir_stop_start_up_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = common::pages();
+    let no_client = tempfile::tempdir().unwrap();
+    std::fs::write(no_client.path().join("index.html"), "<h1>hi</h1>").unwrap();
+    let data = dir.path().to_str().unwrap();
+    for (vars, var, says) in [
+        (
+            [("DATA_DIR", data), ("WWW_DIR", "/nonexistent/www")],
+            "WWW_DIR",
+            "is not a folder",
+        ),
+        (
+            [
+                ("DATA_DIR", data),
+                ("WWW_DIR", no_client.path().to_str().unwrap()),
+            ],
+            "WWW_DIR",
+            "run scripts/dev web",
+        ),
+        (
+            [
+                ("DATA_DIR", "/proc/nope"),
+                ("WWW_DIR", pages.path().to_str().unwrap()),
+            ],
+            "DATA_DIR",
+            "/proc/nope",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_recorder-server"))
+            .env_clear()
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .envs(vars)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("recorder: invalid configuration: {var}: "))
+                && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing was announced: {:?}",
+            out.stdout
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_upload_in_flight_finish_then_stops() {
     let dir = tempfile::tempdir().unwrap();

@@ -356,18 +356,32 @@ pub struct Server {
     pub url: String,
     /// What the binary printed on stdout up to and including the listening line.
     pub banner: Vec<String>,
+    /// Its `WWW_DIR`, removed when dropped.
+    pages: TempDir,
+}
+
+/// A `WWW_DIR` the binary accepts at start-up: `index.html` and a stand-in for the
+/// wasm client's `pkg/client.js` (the tests that need the real one are the browser
+/// tests, which serve the repository's `www/`).
+pub fn pages() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pkg")).unwrap();
+    std::fs::write(dir.path().join("index.html"), "<h1>participant</h1>").unwrap();
+    std::fs::write(dir.path().join("pkg/client.js"), "export default null;\n").unwrap();
+    dir
 }
 
 impl Server {
     /// Starts the binary with a clean environment plus `vars` (BIND_ADDR defaults to
     /// 127.0.0.1:0) and waits for its listening line.
     pub fn start(data_dir: &Path, vars: &[(&str, &str)]) -> Server {
+        let pages = pages();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recorder-server"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BIND_ADDR", "127.0.0.1:0")
             .env("DATA_DIR", data_dir)
-            .env("WWW_DIR", data_dir.join("www-missing"))
+            .env("WWW_DIR", pages.path())
             .env("LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -402,7 +416,12 @@ impl Server {
                 let url = rest.split_whitespace().next().unwrap().to_owned();
                 // Keep draining stdout so the child never blocks on a full pipe.
                 std::thread::spawn(move || while rx.recv().is_ok() {});
-                return Server { child, url, banner };
+                return Server {
+                    child,
+                    url,
+                    banner,
+                    pages,
+                };
             }
         }
     }
