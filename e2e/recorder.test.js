@@ -355,6 +355,47 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     await page.close();
   });
 
+  it("says what is wrong with a join link or a problem list, and records only in an open session", async () => {
+    const page = await openPage();
+    // Before a session exists the Record buttons are disabled, and the page says why.
+    await page.goto(`${server.url}/index.html?problems=p1,a/b,p1`);
+    await page.waitForSelector("body[data-ready=true]");
+    assert.equal(await page.isDisabled('li[data-problem="p1"] button.record'), true);
+    assert.equal(await page.isVisible("#needs-session"), true);
+    assert.equal(
+      await page.getAttribute('li[data-problem="p1"] button.record', "aria-describedby"),
+      "needs-session",
+    );
+    // The invalid id is named, with the rule; the valid problem stays, once.
+    const problemsError = await page.textContent("#problems-error");
+    assert.match(problemsError, /"a\/b" is not a valid problem id/);
+    assert.match(problemsError, /letters A-Z and a-z, the digits 0-9, "-" and "_"/);
+    assert.equal((await page.$$("ol.problems > li")).length, 1);
+    // Once a session is open, recording is possible.
+    await page.click("#create-session");
+    await page.waitForSelector("#joined:not(.hidden)");
+    assert.equal(await page.isDisabled('li[data-problem="p1"] button.record'), false);
+    assert.equal(await page.isVisible("#needs-session"), false);
+
+    // A join link with a wrong token, and one naming no session: no "joined", a sentence.
+    for (const [query, why] of [
+      [`session=${sessionId}&token=${sessionId}.0000`, /access key \(token\)/],
+      [`session=no-such-session&token=${RESEARCHER_TOKEN}`, /no such session on this server/],
+      [`session=${sessionId}`, /link is incomplete/],
+    ]) {
+      await page.goto(`${server.url}/index.html?problems=p1&${query}`);
+      await page.waitForSelector("body[data-ready=true]");
+      const message = await page.textContent("#session-error");
+      assert.match(message, /^This link's session could not be opened: /, query);
+      assert.match(message, why, query);
+      assert.match(message, /Ask the study team for a new link\.$/, query);
+      assert.equal(await page.textContent("#status"), message, "announced in the live region");
+      assert.equal(await page.isVisible("#joined"), false, query);
+      assert.equal(await page.isDisabled('li[data-problem="p1"] button.record'), true, query);
+    }
+    await page.close();
+  });
+
   it("reports errors a person can act on through the embed API", async () => {
     const page = await openPage();
     await page.goto(`${server.url}/index.html`);

@@ -35,20 +35,58 @@ function formatDuration(ms) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// The server's rule for problem ids (shared/src/ids.rs): checked here so that a bad
+// id in a link is reported when the page opens, not when Record is pressed.
+const PROBLEM_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const PROBLEM_ID_RULE =
+  'Problem ids may use only the letters A-Z and a-z, the digits 0-9, "-" and "_" (1 to 64 characters).';
+
+/**
+ * Keeps the problems whose ids are valid and not repeated; `error` names the first one
+ * that is not (and what is allowed), or is null.
+ */
+export function checkProblems(problems, source) {
+  const seen = new Set();
+  const ok = [];
+  let error = null;
+  for (const problem of problems) {
+    const id = String(problem?.id ?? "");
+    let why = null;
+    if (!PROBLEM_ID.test(id)) why = `"${id}" is not a valid problem id. ${PROBLEM_ID_RULE}`;
+    else if (seen.has(id)) why = `problem "${id}" is listed twice.`;
+    if (why) {
+      error ??= `The problem list ${source} cannot be used as it is: ${why} ` +
+        "The other problems can be recorded; ask the study team to correct the list.";
+      continue;
+    }
+    seen.add(id);
+    ok.push({ ...problem, id });
+  }
+  return { problems: ok, error };
+}
+
 async function loadStudy() {
   const fromUrl = params.get("problems");
-  if (fromUrl) {
+  if (fromUrl != null) {
     const ids = fromUrl.split(",").map((s) => s.trim()).filter(Boolean);
-    return { study: params.get("study") || "", problems: ids.map((id) => ({ id, title: `Problem ${id}` })) };
+    const checked = checkProblems(ids.map((id) => ({ id })), "in this link (?problems=)");
+    return { study: params.get("study") || "", ...checked };
   }
   try {
     const res = await fetch("study.json", { cache: "no-store" });
     if (res.ok) {
       const study = await res.json();
-      if (Array.isArray(study.problems) && study.problems.length) return study;
+      if (Array.isArray(study.problems) && study.problems.length) {
+        return { ...study, ...checkProblems(study.problems, "in study.json") };
+      }
     }
   } catch (_) { /* No study file: one default problem. */ }
-  return { study: params.get("study") || "", problems: [{ id: "p1", title: "Problem 1" }] };
+  return { study: params.get("study") || "", problems: [{ id: "p1" }], error: null };
+}
+
+/** "Problem p1": how both pages name a problem (the researcher page groups by id). */
+function problemLabel(problem) {
+  return `Problem ${problem.id}`;
 }
 
 function chosenKind() {
@@ -81,7 +119,49 @@ async function fillDevices(askPermission) {
   return devices;
 }
 
+/** Why a join link's session could not be opened, as the server's answer says it. */
+const JOIN_REASONS = {
+  invalid_id: "the session id in the link is not valid",
+  unauthorized: "the link has no valid access key (token)",
+  forbidden: "the link's access key (token) does not open this session",
+  wrong_session: "the link's access key (token) belongs to another session",
+  session_not_found: "there is no such session on this server",
+  manifest_corrupt: "the session's records cannot be read",
+};
+
+/** Reads the session a link names, with its token; throws a sentence for people. */
+async function openSession(id, token) {
+  const fail = (why, next = "Ask the study team for a new link.") =>
+    new Error(`This link's session could not be opened: ${why}. ${next}`);
+  if (!id || !token) throw fail("the link is incomplete (it needs both session= and token=)");
+  let res;
+  try {
+    res = await fetch(`${server}/api/sessions/${encodeURIComponent(id)}`, {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+    });
+  } catch (_) {
+    throw fail("the server could not be reached", "Check the connection, then reload the page.");
+  }
+  if (res.ok) return res.json();
+  let code = "";
+  try { code = (await res.json()).code || ""; } catch (_) { /* Not our server's answer. */ }
+  if (JOIN_REASONS[code]) throw fail(JOIN_REASONS[code]);
+  if (res.status >= 500) {
+    throw fail(`the server had a problem (${res.status})`, "Reload the page to try again; if it persists, ask the study team.");
+  }
+  throw fail(`the server answered ${res.status}${code ? ` ${code}` : ""}`);
+}
+
+function showSessionError(message) {
+  const line = $("session-error");
+  line.textContent = message;
+  line.classList.remove("hidden");
+  say(message, true);
+}
+
 function showJoined() {
+  $("session-error").classList.add("hidden");
   $("create-form").classList.add("hidden");
   $("joined").classList.remove("hidden");
   $("session-id").textContent = session.id;
@@ -120,9 +200,14 @@ function showProgress(li, p) {
 }
 
 function setButtons() {
+  // Recording needs an open session: until then the buttons say why they are disabled.
+  $("needs-session").classList.toggle("hidden", !!session);
   for (const li of document.querySelectorAll("ol.problems > li")) {
     const mine = active && active.li === li;
-    li.querySelector("button.record").disabled = !!active;
+    const record = li.querySelector("button.record");
+    record.disabled = !!active || !session;
+    if (session) record.removeAttribute("aria-describedby");
+    else record.setAttribute("aria-describedby", "needs-session");
     li.querySelector("button.stop").disabled = !(mine && active.recorder.state === "recording");
     li.querySelector("button.cancel").disabled = !(mine && ["recording", "uploading", "starting"].includes(active.recorder.state));
   }
@@ -225,7 +310,7 @@ async function record(li, problem) {
   recorder.on("error", (reason) => {
     li.dataset.errorCode = reason.code;
     errorLine.textContent = reason.message;
-    say(`${problem.title}: ${reason.message}`, true);
+    say(`${problem.label}: ${reason.message}`, true);
   });
   setButtons();
   say(`Starting the ${kind === "audio" ? "microphone" : kind === "screen" ? "screen capture" : "camera"}…`);
@@ -240,14 +325,14 @@ async function record(li, problem) {
   li.dataset.tracks = recorder.stream.getTracks().map((t) => t.kind).sort().join(",");
   showPreview(recorder.stream, kind);
   active.meter = startMeter(recorder.stream);
-  say(`Recording ${problem.title}. Press Stop when you are done.`);
+  say(`Recording ${problem.label}. Press Stop when you are done.`);
   li.querySelector("button.stop").focus();
 }
 
 async function stop(li, problem) {
   if (!active || active.li !== li) return;
   const { recorder } = active;
-  say(`Stopping ${problem.title}; storing the last part…`);
+  say(`Stopping ${problem.label}; storing the last part…`);
   if (active.meter) { active.meter(); active.meter = null; }
   hidePreview();
   try {
@@ -258,7 +343,7 @@ async function stop(li, problem) {
     li.dataset.durationMs = entry.duration_ms ?? "";
     li.querySelector(".detail").textContent =
       `Stored: ${formatBytes(entry.size)}, ${formatDuration(entry.duration_ms)}.`;
-    say(`${problem.title} is stored (${formatBytes(entry.size)}).`);
+    say(`${problem.label} is stored (${formatBytes(entry.size)}).`);
   } catch (e) {
     li.dataset.sha256 = recorder.sha256 || "";
   } finally {
@@ -268,13 +353,41 @@ async function stop(li, problem) {
   }
 }
 
+/**
+ * The recording's entry as the server has it, waiting briefly while it is still
+ * `uploading` (a complete that raced the cancel may be finishing). Null if unknown.
+ */
+async function storedEntry(recordingId) {
+  for (let attempt = 0; attempt < 6; attempt++) {
+    try {
+      const manifest = await new Api(server, session.token).getSession(session.id);
+      const entry = (manifest.recordings || []).find((r) => r.id === recordingId);
+      if (!entry || entry.status !== "uploading") return entry ?? null;
+    } catch (_) {
+      return null;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  return null;
+}
+
 async function cancel(li, problem) {
   if (!active || active.li !== li) return;
   const { recorder } = active;
   await recorder.cancel();
   endActive();
-  li.querySelector(".detail").textContent = "Cancelled; nothing was kept.";
-  say(`${problem.title}: recording cancelled.`);
+  // A cancel pressed while the upload was finishing can arrive after the recording was
+  // stored; the server then keeps it, and the page must not say otherwise.
+  const entry = li.dataset.recordingId ? await storedEntry(li.dataset.recordingId) : null;
+  if (entry && ["complete", "partial"].includes(entry.status)) {
+    setProblemState(li, "complete", "Stored");
+    li.querySelector(".detail").textContent =
+      `The cancel came too late: the recording was already stored (${formatBytes(entry.size)}), so it was kept.`;
+    say(`${problem.label}: the recording was already stored, so it was kept.`);
+  } else {
+    li.querySelector(".detail").textContent = "Cancelled; nothing was kept.";
+    say(`${problem.label}: recording cancelled.`);
+  }
   li.querySelector("button.record").focus();
 }
 
@@ -284,9 +397,17 @@ function renderProblems(problems) {
   for (const problem of problems) {
     const li = template.content.firstElementChild.cloneNode(true);
     li.dataset.problem = problem.id;
-    li.querySelector(".title").textContent = problem.title || problem.id;
+    const label = problemLabel(problem);
+    problem.label = label;
+    const title = li.querySelector(".title");
+    title.textContent = label;
+    if (problem.title && problem.title !== label) {
+      const subtitle = document.createElement("span");
+      subtitle.className = "subtitle";
+      subtitle.textContent = ` · ${problem.title}`;
+      title.append(subtitle);
+    }
     li.querySelector(".prompt").textContent = problem.prompt || "";
-    const label = problem.title || problem.id;
     li.querySelector("button.record").setAttribute("aria-label", `Record ${label}`);
     li.querySelector("button.stop").setAttribute("aria-label", `Stop recording ${label}`);
     li.querySelector("button.cancel").setAttribute("aria-label", `Cancel recording ${label}`);
@@ -297,19 +418,14 @@ function renderProblems(problems) {
   }
 }
 
-async function showEarlierRecordings() {
-  try {
-    const manifest = await new Api(server, session.token).getSession(session.id);
-    for (const r of manifest.recordings || []) {
-      const li = document.querySelector(`ol.problems > li[data-problem="${CSS.escape(r.problem_id || "")}"]`);
-      if (li && r.status === "complete" && li.dataset.state === "idle") {
-        setProblemState(li, "complete", "Stored earlier");
-        li.querySelector(".detail").textContent =
-          `Stored earlier: ${formatBytes(r.size)}, ${formatDuration(r.duration_ms)}. Recording again adds another.`;
-      }
+function showEarlierRecordings(manifest) {
+  for (const r of manifest.recordings || []) {
+    const li = document.querySelector(`ol.problems > li[data-problem="${CSS.escape(r.problem_id || "")}"]`);
+    if (li && r.status === "complete" && li.dataset.state === "idle") {
+      setProblemState(li, "complete", "Stored earlier");
+      li.querySelector(".detail").textContent =
+        `Stored earlier: ${formatBytes(r.size)}, ${formatDuration(r.duration_ms)}. Recording again adds another.`;
     }
-  } catch (e) {
-    say(`Could not read this session: ${e.message}`, true);
   }
 }
 
@@ -318,6 +434,11 @@ async function main() {
   const study = await loadStudy();
   $("study-name").textContent = study.title || study.study || "";
   renderProblems(study.problems);
+  setButtons();
+  if (study.error) {
+    $("problems-error").textContent = study.error;
+    $("problems-error").classList.remove("hidden");
+  }
   const kind = params.get("kind") || study.kind;
   if (kind) {
     const radio = document.querySelector(`input[name="kind"][value="${CSS.escape(kind)}"]`);
@@ -339,13 +460,23 @@ async function main() {
     }
   });
 
-  if (params.get("session") && params.get("token")) {
-    session = { id: params.get("session"), token: params.get("token") };
-    showJoined();
-    await showEarlierRecordings();
-    say("Session joined. Choose what to record, then record each problem.");
+  if (params.has("session") || params.has("token")) {
+    // A join link: open its session before saying it is open.
+    say("Opening the session from this link…");
+    const id = params.get("session");
+    const token = params.get("token");
+    try {
+      const manifest = await openSession(id, token);
+      session = { id, token };
+      showJoined();
+      showEarlierRecordings(manifest);
+      setButtons();
+      say(study.error ?? "Session joined. Choose what to record, then record each problem.", !!study.error);
+    } catch (e) {
+      showSessionError(e.message);
+    }
   } else {
-    say("Start a session to begin.");
+    say(study.error ?? "Start a session to begin.", !!study.error);
   }
 
   $("create-form").addEventListener("submit", async (event) => {
@@ -360,6 +491,7 @@ async function main() {
       const created = await new Api(server).createSession(metadata);
       session = { id: created.session_id, token: created.token };
       showJoined();
+      setButtons();
       say("Session started. Choose what to record, then record each problem.");
       document.querySelector("ol.problems button.record")?.focus();
     } catch (e) {

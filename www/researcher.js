@@ -10,6 +10,26 @@ const $ = (id) => document.getElementById(id);
 
 let api = null;
 let manifestUrl = null;
+// Problem titles from the study file, by problem id (the participant page shows both).
+const problemTitles = new Map();
+
+async function loadProblemTitles() {
+  try {
+    const res = await fetch("study.json", { cache: "no-store" });
+    if (!res.ok) return;
+    const study = await res.json();
+    for (const p of study.problems || []) {
+      if (p && typeof p.id === "string" && typeof p.title === "string") problemTitles.set(p.id, p.title);
+    }
+  } catch (_) { /* No study file: groups are named by problem id alone. */ }
+}
+
+/** "Problem p1 · Estimating windows": the participant page's heading for the problem. */
+function problemHeading(problem) {
+  if (problem === "(no problem)") return "No problem recorded";
+  const title = problemTitles.get(problem);
+  return title && title !== `Problem ${problem}` ? `Problem ${problem} · ${title}` : `Problem ${problem}`;
+}
 
 function say(text, isError = false) {
   $("status").textContent = text;
@@ -219,7 +239,7 @@ async function openSession(sessionId) {
     } else {
       container.replaceChildren(
         ...[...groups.entries()].flatMap(([problem, recordings]) => [
-          el("h3", { class: "problem-title" }, `Problem ${problem}`),
+          el("h3", { class: "problem-title" }, problemHeading(problem)),
           el("table", { dataset: { problem } },
             el("thead", {}, el("tr", {},
               el("th", { scope: "col" }, "Started"),
@@ -244,6 +264,7 @@ async function openSession(sessionId) {
 
 async function main() {
   await init();
+  await loadProblemTitles();
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) $("token").value = saved;
   $("token-form").addEventListener("submit", (event) => {
