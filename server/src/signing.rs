@@ -178,7 +178,9 @@ impl UrlSigner {
         };
         let mut query = query;
         query.push(("exp", exp.to_string()));
-        let sig = self.secret.sign(URL_PURPOSE, &canonical(method, key.as_str(), &query));
+        let sig = self
+            .secret
+            .sign(URL_PURPOSE, &canonical(method, key.as_str(), &query));
         query.push(("sig", sig));
         let qs = query
             .iter()
@@ -261,9 +263,11 @@ impl UrlSigner {
             expected_method
         };
         if method != expected_method
-            || !self
-                .secret
-                .verify(URL_PURPOSE, &canonical(signed_method, key.as_str(), &fields), &sig)
+            || !self.secret.verify(
+                URL_PURPOSE,
+                &canonical(signed_method, key.as_str(), &fields),
+                &sig,
+            )
         {
             return Err(UrlError::BadSignature);
         }
@@ -300,7 +304,9 @@ fn encode(value: &str) -> String {
 
 /// Seconds since the Unix epoch (0 for times before it).
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn to_offset(secs: u64) -> OffsetDateTime {
@@ -350,7 +356,10 @@ mod tests {
             size: 42,
         };
         let req = signer().sign(&op, now, Duration::from_secs(60));
-        assert!(req.url.starts_with("http://h:1/storage/sessions/s/recording_p_1.webm?"));
+        assert!(
+            req.url
+                .starts_with("http://h:1/storage/sessions/s/recording_p_1.webm?")
+        );
         assert_eq!(req.headers["content-type"], "video/webm;codecs=vp8,opus");
         let q = query_of(&req.url);
         assert_eq!(
@@ -385,7 +394,11 @@ mod tests {
             download_as: Some("a b.webm".into()),
         };
         let q = query_of(&signer().sign(&op, now, Duration::from_secs(60)).url);
-        assert!(signer().verify("GET", &key(), &q, now + Duration::from_secs(60)).is_ok());
+        assert!(
+            signer()
+                .verify("GET", &key(), &q, now + Duration::from_secs(60))
+                .is_ok()
+        );
         assert!(signer().verify("HEAD", &key(), &q, now).is_ok());
         assert_eq!(
             signer().verify("GET", &key(), &q, now + Duration::from_secs(61)),
@@ -404,7 +417,10 @@ mod tests {
         };
         let q = query_of(&signer().sign(&op, now, Duration::from_secs(60)).url);
         let other = UrlSigner::new(Secret::new(vec![8u8; 32]).unwrap(), "http://h:1");
-        assert_eq!(other.verify("PUT", &key(), &q, now), Err(UrlError::BadSignature));
+        assert_eq!(
+            other.verify("PUT", &key(), &q, now),
+            Err(UrlError::BadSignature)
+        );
         assert!(signer().verify("PUT", &key(), &q, now).is_ok());
     }
 

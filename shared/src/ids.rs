@@ -241,8 +241,21 @@ mod tests {
     #[test]
     fn ids_refuse_traversal_in_every_spelling() {
         for bad in [
-            "", "..", ".", "../x", "a/b", "a\\b", "%2e%2e", "%2F", "a\0b", "/abs", "C:", "a b",
-            "é", "a.b", "\u{202e}x",
+            "",
+            "..",
+            ".",
+            "../x",
+            "a/b",
+            "a\\b",
+            "%2e%2e",
+            "%2F",
+            "a\0b",
+            "/abs",
+            "C:",
+            "a b",
+            "é",
+            "a.b",
+            "\u{202e}x",
         ] {
             assert!(SessionId::parse(bad).is_err(), "{bad:?} was accepted");
             assert!(ProblemId::parse(bad).is_err(), "{bad:?} was accepted");

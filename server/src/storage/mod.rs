@@ -317,7 +317,11 @@ impl dyn Storage {
     }
 
     /// Writes a value as pretty JSON.
-    pub async fn write_json<T: Serialize + Sync>(&self, key: &ObjectKey, value: &T) -> Result<String> {
+    pub async fn write_json<T: Serialize + Sync>(
+        &self,
+        key: &ObjectKey,
+        value: &T,
+    ) -> Result<String> {
         let bytes = serde_json::to_vec_pretty(value).map_err(StorageError::backend)?;
         self.write_file(key, Bytes::from(bytes)).await
     }
