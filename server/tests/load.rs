@@ -12,8 +12,10 @@
 //! LOAD_SECS=15 cargo test --release -p server --test load -- --ignored --nocapture
 //! ```
 //!
-//! `LOAD_CONNECTIONS` (default 300) and `LOAD_SECS` (default 15) tune it. The run is
-//! bounded in time and connections and stops by itself; it never leaves loopback.
+//! `LOAD_CONNECTIONS` (default 300), `LOAD_SECS` (default 15) and `LOAD_ROUNDS` (runs of
+//! each route in a row, default 1: memory that plateaus stays level from round to round)
+//! tune it. The run is bounded in time and connections and stops by itself; it never
+//! leaves loopback.
 
 mod common;
 
@@ -67,7 +69,11 @@ struct Report {
     rss_start: u64,
     rss_peak: u64,
     rss_end: u64,
+    /// The highest resident memory in each quarter of the run: growth from one quarter
+    /// to the next, rather than a plateau, would be a leak.
+    rss_quarters: [u64; 4],
     fds_peak: usize,
+    threads_peak: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -76,8 +82,9 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "{}: {} connections for {:.1} s: {} requests, {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms, \
-             max {:.1} ms, {} errors; server RSS start {:.1} MiB, peak {:.1} MiB, end {:.1} MiB; \
-             open files peak {}",
+             max {:.1} ms, {} errors; server RSS start {:.1} MiB, peak {:.1} MiB, end {:.1} MiB \
+             (peak by quarter of the run: {:.1}, {:.1}, {:.1}, {:.1} MiB); open files peak {}, \
+             threads peak {}",
             self.route,
             self.connections,
             self.secs,
@@ -90,7 +97,12 @@ impl std::fmt::Display for Report {
             mib(self.rss_start),
             mib(self.rss_peak),
             mib(self.rss_end),
+            mib(self.rss_quarters[0]),
+            mib(self.rss_quarters[1]),
+            mib(self.rss_quarters[2]),
+            mib(self.rss_quarters[3]),
             self.fds_peak,
+            self.threads_peak,
         )?;
         if let Some(e) = &self.first_error {
             write!(f, " (first error: {e})")?;
@@ -108,6 +120,17 @@ fn rss(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// How many threads the server runs (tokio's workers and its blocking pool, which file
+/// reads use).
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How many files (sockets included) the server has open.
@@ -217,19 +240,22 @@ async fn run(server: &Server, target: &'static Target, connections: usize, secs:
     let pid = server.pid();
     let rss_start = rss(pid);
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let began = Instant::now();
+    let quarter = Duration::from_secs_f64(secs / 4.0);
     let sampler = {
         let sampling = sampling.clone();
         std::thread::spawn(move || {
-            let (mut peak, mut fds) = (0, 0);
+            let (mut quarters, mut fds, mut threads_peak) = ([0u64; 4], 0, 0);
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss(pid));
+                let q = ((began.elapsed().as_secs_f64() / quarter.as_secs_f64()) as usize).min(3);
+                quarters[q] = quarters[q].max(rss(pid));
                 fds = fds.max(open_files(pid));
+                threads_peak = threads_peak.max(threads(pid));
                 std::thread::sleep(Duration::from_millis(50));
             }
-            (peak, fds)
+            (quarters, fds, threads_peak)
         })
     };
-    let began = Instant::now();
     let until = began + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..connections)
         .map(|_| tokio::spawn(connection(server.addr(), target, until)))
@@ -247,7 +273,8 @@ async fn run(server: &Server, target: &'static Target, connections: usize, secs:
     // Connections are closed; give the server a moment to drop their state.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (rss_peak, fds_peak) = sampler.join().unwrap();
+    let (rss_quarters, fds_peak, threads_peak) = sampler.join().unwrap();
+    let rss_peak = rss_quarters.iter().copied().max().unwrap_or(0);
     let rss_end = rss(pid);
     all.latencies_us.sort_unstable();
     let pct = |p: f64| {
@@ -270,7 +297,9 @@ async fn run(server: &Server, target: &'static Target, connections: usize, secs:
         rss_start,
         rss_peak: rss_peak.max(rss_start),
         rss_end,
+        rss_quarters,
         fds_peak,
+        threads_peak,
     }
 }
 
@@ -409,21 +438,24 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-async fn load(connections: usize, secs: f64) -> Vec<Report> {
+/// Runs each route `rounds` times in a row against one server.
+async fn load(connections: usize, secs: f64, rounds: usize) -> Vec<Report> {
     let dir = tempfile::tempdir().unwrap();
     let (server, presign, manifest) = prepare(&dir.path().join("data")).await;
     let mut reports = Vec::new();
     for target in [presign, manifest] {
-        let report = run(&server, target, connections, secs).await;
-        println!("{report}");
-        reports.push(report);
+        for _ in 0..rounds {
+            let report = run(&server, target, connections, secs).await;
+            println!("{report}");
+            reports.push(report);
+        }
     }
     reports
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_connections_presigning_and_reading_manifests_get_no_error() {
-    for report in load(300, 3.0).await {
+    for report in load(300, 3.0, 1).await {
         assert_eq!(report.errors, 0, "{report}");
         assert!(
             report.requests >= 300,
@@ -444,7 +476,8 @@ async fn three_hundred_connections_presigning_and_reading_manifests_get_no_error
 async fn full_load_run() {
     let connections = env_or("LOAD_CONNECTIONS", 300usize).clamp(1, 2000);
     let secs = env_or("LOAD_SECS", 15.0f64).clamp(1.0, 120.0);
-    for report in load(connections, secs).await {
+    let rounds = env_or("LOAD_ROUNDS", 1usize).clamp(1, 10);
+    for report in load(connections, secs, rounds).await {
         assert_eq!(report.errors, 0, "{report}");
     }
 }
