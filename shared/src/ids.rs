@@ -44,11 +44,19 @@ impl fmt::Display for IdError {
         match self {
             IdError::Empty { what } => write!(f, "{what} must not be empty"),
             IdError::TooLong { what, max } => write!(f, "{what} must be at most {max} bytes"),
-            IdError::BadCharacter { what, found } => write!(
-                f,
-                "{what} may only contain ASCII letters, digits, '-' and '_' (found {})",
-                describe_char(*found)
-            ),
+            IdError::BadCharacter { what, found } => {
+                // Object keys also allow '.' and '/' between segments; ids do not.
+                let allowed = if *what == OBJECT_KEY {
+                    "ASCII letters, digits, '-', '_', '.' and '/'"
+                } else {
+                    "ASCII letters, digits, '-' and '_'"
+                };
+                write!(
+                    f,
+                    "{what} may only contain {allowed} (found {})",
+                    describe_char(*found)
+                )
+            }
             IdError::BadSegment { what } => write!(
                 f,
                 "{what} must not contain empty, '.' or '..' segments or start with a dot"
@@ -58,6 +66,9 @@ impl fmt::Display for IdError {
 }
 
 impl std::error::Error for IdError {}
+
+/// What [`IdError`] calls an object key.
+const OBJECT_KEY: &str = "object key";
 
 /// A character as a person reads it: `'\'`, `'é' (U+00E9)`, `a space`, `the control
 /// character U+0000`.
@@ -174,7 +185,7 @@ impl ObjectKey {
 
     /// Parses untrusted text into a key (rules on the type).
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        const WHAT: &str = "object key";
+        const WHAT: &str = OBJECT_KEY;
         if text.is_empty() {
             return Err(IdError::Empty { what: WHAT });
         }
