@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{RESEARCHER, SECRET, Server, tree, webm_bytes};
+use common::{Api, RESEARCHER, SECRET, Server, tree, webm_bytes};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -26,158 +26,15 @@ fn start(data: &Path, extra: &[(&str, &str)]) -> Server {
     Server::start(data, &vars)
 }
 
-/// An HTTP client of one server.
-#[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
+/// One small single-part recording, start to complete; its manifest entry.
+async fn record_small(api: &Api, session: &str, token: &str, problem: &str) -> Value {
+    api.record(session, token, problem, Bytes::from(webm_bytes(1000)))
+        .await
 }
 
-impl Api {
-    fn new(server: &Server) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: server.url.clone(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let bytes = res.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn create_session(&self) -> (String, String) {
-        let (status, v) = self
-            .call(
-                "POST",
-                "/api/sessions",
-                None,
-                Some(json!({"metadata": {"study": "bin"}})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        (
-            v["session_id"].as_str().unwrap().to_owned(),
-            v["token"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    async fn start_upload(&self, session: &str, token: &str, problem: &str) -> Value {
-        let (status, v) = self
-            .call(
-                "POST",
-                &format!("/api/sessions/{session}/uploads"),
-                Some(token),
-                Some(json!({"problem_id": problem, "content_type": "video/webm;codecs=vp8,opus"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
-        v
-    }
-
-    /// Presigns and PUTs every part straight to its URL; returns the part specs.
-    async fn upload_parts(
-        &self,
-        session: &str,
-        token: &str,
-        start: &Value,
-        parts: &[Bytes],
-    ) -> Vec<Value> {
-        let rec = start["recording_id"].as_str().unwrap();
-        let specs: Vec<Value> = parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| json!({"part_number": i + 1, "size": p.len()}))
-            .collect();
-        let (status, v) = self
-            .call(
-                "POST",
-                &format!("/api/sessions/{session}/uploads/{rec}/parts"),
-                Some(token),
-                Some(json!({"upload": start["upload"], "parts": specs})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        for (signed, bytes) in v["parts"].as_array().unwrap().iter().zip(parts) {
-            let r = &signed["request"];
-            let mut req = self
-                .http
-                .put(r["url"].as_str().unwrap())
-                .body(bytes.clone());
-            for (k, val) in r["headers"].as_object().unwrap() {
-                req = req.header(k, val.as_str().unwrap());
-            }
-            let res = req.send().await.unwrap();
-            assert_eq!(
-                res.status(),
-                StatusCode::OK,
-                "{}",
-                res.text().await.unwrap()
-            );
-        }
-        specs
-    }
-
-    async fn complete(
-        &self,
-        session: &str,
-        token: &str,
-        start: &Value,
-        specs: &[Value],
-    ) -> (StatusCode, Value) {
-        let rec = start["recording_id"].as_str().unwrap();
-        self.call(
-            "POST",
-            &format!("/api/sessions/{session}/uploads/{rec}/complete"),
-            Some(token),
-            Some(json!({"upload": start["upload"], "parts": specs, "duration_ms": 1000})),
-        )
-        .await
-    }
-
-    /// One small single-part recording, start to complete.
-    async fn record_small(&self, session: &str, token: &str, problem: &str) -> Value {
-        let start = self.start_upload(session, token, problem).await;
-        let specs = self
-            .upload_parts(session, token, &start, &[Bytes::from(webm_bytes(1000))])
-            .await;
-        let (status, v) = self.complete(session, token, &start, &specs).await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        v
-    }
-
-    async fn manifest(&self, session: &str) -> Value {
-        let (status, v) = self
-            .call(
-                "GET",
-                &format!("/api/sessions/{session}"),
-                Some(RESEARCHER),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        v
-    }
+/// A client of `server` with no timeout; its sessions are of the study `bin`.
+fn client(server: &Server) -> Api {
+    Api::with(server, reqwest::Client::new(), "bin")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +51,7 @@ async fn a_recording_goes_straight_to_presigned_urls_and_plays_back_with_range()
         banner.contains("participant page: /, researcher page: /researcher.html, storage: local"),
         "{banner}"
     );
-    let api = Api::new(&server);
+    let api = client(&server);
     let (health_status, health) = api.call("GET", "/healthz", None, None).await;
     assert_eq!(
         (health_status, health),
@@ -284,7 +141,7 @@ fn streamed_form(size: usize, problem_first: bool) -> (String, reqwest::Body) {
 async fn the_old_route_streams_50_mb_in_either_field_order_with_flat_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
-    let api = Api::new(&server);
+    let api = client(&server);
     // Warm up (first request, first storage write) before taking the baseline.
     let (ct, body) = streamed_form(100_000, true);
     let res = api
@@ -340,7 +197,7 @@ async fn the_old_route_streams_50_mb_in_either_field_order_with_flat_memory() {
 async fn every_rejection_holds_over_real_http() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[("LEGACY_MAX_BYTES", "1000000")]);
-    let api = Api::new(&server);
+    let api = client(&server);
     let (session, token) = api.create_session().await;
     let (_other, other_token) = api.create_session().await;
 
@@ -405,9 +262,9 @@ async fn every_rejection_holds_over_real_http() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A complete recording to sign URLs for.
-    let done = api.record_small(&session, &token, "p1").await;
-    let key = done["recording"]["key"].as_str().unwrap().to_owned();
-    let rec = done["recording"]["id"].as_str().unwrap().to_owned();
+    let done = record_small(&api, &session, &token, "p1").await;
+    let key = done["key"].as_str().unwrap().to_owned();
+    let rec = done["id"].as_str().unwrap().to_owned();
     let (_, play) = api
         .call(
             "GET",
@@ -554,12 +411,14 @@ async fn every_rejection_holds_over_real_http() {
 async fn fifty_concurrent_completes_in_one_session_are_all_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
-    let api = Api::new(&server);
+    let api = client(&server);
     let (session, token) = api.create_session().await;
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let (api, session, token) = (api.clone(), session.clone(), token.clone());
-            tokio::spawn(async move { api.record_small(&session, &token, &format!("p{i}")).await })
+            tokio::spawn(
+                async move { record_small(&api, &session, &token, &format!("p{i}")).await },
+            )
         })
         .collect();
     for t in tasks {
@@ -593,7 +452,7 @@ async fn two_servers_on_one_data_dir_agree_on_secrets_and_lose_no_recording() {
         researcher
     );
 
-    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    let (api_a, api_b) = (client(&a), client(&b));
     let (session, token) = api_a.create_session().await;
     let tasks: Vec<_> = (0..30)
         .map(|i| {
@@ -603,7 +462,9 @@ async fn two_servers_on_one_data_dir_agree_on_secrets_and_lose_no_recording() {
                 api_b.clone()
             };
             let (session, token) = (session.clone(), token.clone());
-            tokio::spawn(async move { api.record_small(&session, &token, &format!("q{i}")).await })
+            tokio::spawn(
+                async move { record_small(&api, &session, &token, &format!("q{i}")).await },
+            )
         })
         .collect();
     for t in tasks {
@@ -705,7 +566,7 @@ fn missing_pages_or_an_unusable_data_dir_stop_start_up_naming_the_variable() {
 async fn sigterm_lets_the_upload_in_flight_finish_then_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path(), &[]);
-    let api = Api::new(&server);
+    let api = client(&server);
     // An old-route upload that trickles in over about a second.
     let (ct, _) = streamed_form(0, true);
     let boundary = ct.rsplit('=').next().unwrap().to_owned();
@@ -796,7 +657,7 @@ async fn on_s3_the_binary_prepares_the_bucket_and_uploads_go_straight_to_it() {
         banner.contains(&format!("storage: s3 {}/", bucket.bucket)),
         "{banner}"
     );
-    let api = Api::new(&server);
+    let api = client(&server);
     let (_, health) = api.call("GET", "/healthz", None, None).await;
     assert_eq!(health["storage"], "s3");
 

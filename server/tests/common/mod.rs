@@ -483,3 +483,220 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP client of one running binary: the API calls the binary tests and the
+/// reliability tests make.
+#[derive(Clone)]
+pub struct Api {
+    /// The client.
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The `study` metadata of the sessions it creates.
+    study: &'static str,
+}
+
+impl Api {
+    /// A client of `server` that gives each request 60 s; its sessions are of the study
+    /// `reliability`.
+    pub fn new(server: &Server) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Self::with(server, http, "reliability")
+    }
+
+    /// A client of `server` through `http`; its sessions are of the study `study`.
+    pub fn with(server: &Server, http: reqwest::Client, study: &'static str) -> Self {
+        Self {
+            http,
+            base: server.url.clone(),
+            study,
+        }
+    }
+
+    /// `method path` with an optional bearer token and JSON body; the status and the
+    /// body as JSON (`Null` if it is not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let bytes = res.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Creates a session; `(id, token)`.
+    pub async fn create_session(&self) -> (String, String) {
+        let (status, v) = self
+            .call(
+                "POST",
+                "/api/sessions",
+                None,
+                Some(serde_json::json!({"metadata": {"study": self.study}})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{v}");
+        (
+            v["session_id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Opens an upload of a WebM recording.
+    pub async fn start_upload(&self, session: &str, token: &str, problem: &str) -> Value {
+        let (status, v) = self
+            .call(
+                "POST",
+                &format!("/api/sessions/{session}/uploads"),
+                Some(token),
+                Some(serde_json::json!({"problem_id": problem, "content_type": "video/webm;codecs=vp8,opus"})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{v}");
+        v
+    }
+
+    /// Presigns `parts` (numbered from 1) and PUTs each straight to its URL; returns
+    /// the part specs.
+    pub async fn upload_parts(
+        &self,
+        session: &str,
+        token: &str,
+        start: &Value,
+        parts: &[bytes::Bytes],
+    ) -> Vec<Value> {
+        let rec = start["recording_id"].as_str().unwrap();
+        let specs: Vec<Value> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| serde_json::json!({"part_number": i + 1, "size": p.len()}))
+            .collect();
+        let (status, v) = self
+            .call(
+                "POST",
+                &format!("/api/sessions/{session}/uploads/{rec}/parts"),
+                Some(token),
+                Some(serde_json::json!({"upload": start["upload"], "parts": specs})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+        for (signed, bytes) in v["parts"].as_array().unwrap().iter().zip(parts) {
+            let r = &signed["request"];
+            let mut req = self
+                .http
+                .put(r["url"].as_str().unwrap())
+                .body(bytes.clone());
+            for (k, val) in r["headers"].as_object().unwrap() {
+                req = req.header(k, val.as_str().unwrap());
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(
+                res.status(),
+                reqwest::StatusCode::OK,
+                "{}",
+                res.text().await.unwrap()
+            );
+        }
+        specs
+    }
+
+    /// Completes an upload.
+    pub async fn complete(
+        &self,
+        session: &str,
+        token: &str,
+        start: &Value,
+        specs: &[Value],
+    ) -> (reqwest::StatusCode, Value) {
+        let rec = start["recording_id"].as_str().unwrap();
+        self.call(
+            "POST",
+            &format!("/api/sessions/{session}/uploads/{rec}/complete"),
+            Some(token),
+            Some(
+                serde_json::json!({"upload": start["upload"], "parts": specs, "duration_ms": 1000}),
+            ),
+        )
+        .await
+    }
+
+    /// One recording of `bytes` in a single part, start to complete; the entry.
+    pub async fn record(
+        &self,
+        session: &str,
+        token: &str,
+        problem: &str,
+        bytes: bytes::Bytes,
+    ) -> Value {
+        let start = self.start_upload(session, token, problem).await;
+        let specs = self.upload_parts(session, token, &start, &[bytes]).await;
+        let (status, v) = self.complete(session, token, &start, &specs).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+        v["recording"].clone()
+    }
+
+    /// The session's manifest, read with the researcher token.
+    pub async fn manifest(&self, session: &str) -> Value {
+        let (status, v) = self
+            .call(
+                "GET",
+                &format!("/api/sessions/{session}"),
+                Some(RESEARCHER),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+        v
+    }
+
+    /// The manifest entry of one recording.
+    pub async fn entry(&self, session: &str, recording: &str) -> Value {
+        let m = self.manifest(session).await;
+        m["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == recording)
+            .cloned()
+            .unwrap_or_else(|| panic!("no recording {recording} in {m}"))
+    }
+
+    /// The bytes of a stored recording, through a presigned playback URL.
+    pub async fn download(&self, session: &str, recording: &str) -> bytes::Bytes {
+        let (status, v) = self
+            .call(
+                "GET",
+                &format!("/api/sessions/{session}/recordings/{recording}/url"),
+                Some(RESEARCHER),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{v}");
+        let res = self
+            .http
+            .get(v["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+        res.bytes().await.unwrap()
+    }
+}
