@@ -208,10 +208,13 @@ impl S3Storage {
     /// call [`crate::s3_setup::self_check`] to find out whether the bucket answers.
     pub async fn connect(settings: S3Settings) -> Result<Self, S3SetupError> {
         let http = http_client();
-        let chain = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http.clone())
-            .load()
-            .await;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
+        if let Some(region) = &settings.region {
+            // A configured region must stop the chain from looking for one: its last
+            // resort asks the instance metadata service, a network call off this host.
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let chain = loader.load().await;
         let region = settings
             .region
             .clone()
