@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{RESEARCHER, SECRET, Server, webm_bytes};
+use common::{RESEARCHER, SECRET, Server, presigned_put, webm_bytes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -152,15 +152,10 @@ impl Api {
             )
             .await?;
         for (signed, bytes) in v["parts"].as_array().unwrap().iter().zip(parts) {
-            let r = &signed["request"];
-            let mut req = self
-                .http
-                .put(r["url"].as_str().unwrap())
-                .body(bytes.clone());
-            for (k, val) in r["headers"].as_object().unwrap() {
-                req = req.header(k, val.as_str().unwrap());
-            }
-            let res = req.send().await.ok()?;
+            let res = presigned_put(&self.http, &signed["request"], bytes.clone())
+                .send()
+                .await
+                .ok()?;
             assert_eq!(res.status(), StatusCode::OK);
         }
         Some(specs)

@@ -484,6 +484,20 @@ impl Drop for Server {
     }
 }
 
+/// The PUT of `bytes` that a presigned part `request` (`{"url", "headers"}`, as the
+/// parts route answers it) describes, ready to send.
+pub fn presigned_put(
+    http: &reqwest::Client,
+    request: &Value,
+    bytes: bytes::Bytes,
+) -> reqwest::RequestBuilder {
+    let mut req = http.put(request["url"].as_str().unwrap()).body(bytes);
+    for (k, val) in request["headers"].as_object().unwrap() {
+        req = req.header(k, val.as_str().unwrap());
+    }
+    req
+}
+
 /// An HTTP client of one running binary: the API calls the binary tests and the
 /// reliability tests make.
 #[derive(Clone)]
@@ -599,15 +613,10 @@ impl Api {
             .await;
         assert_eq!(status, reqwest::StatusCode::OK, "{v}");
         for (signed, bytes) in v["parts"].as_array().unwrap().iter().zip(parts) {
-            let r = &signed["request"];
-            let mut req = self
-                .http
-                .put(r["url"].as_str().unwrap())
-                .body(bytes.clone());
-            for (k, val) in r["headers"].as_object().unwrap() {
-                req = req.header(k, val.as_str().unwrap());
-            }
-            let res = req.send().await.unwrap();
+            let res = presigned_put(&self.http, &signed["request"], bytes.clone())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(
                 res.status(),
                 reqwest::StatusCode::OK,
