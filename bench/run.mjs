@@ -652,7 +652,7 @@ async function benchMemory() {
       const answers = await Promise.all(
         Array.from({ length: count }, (_, i) =>
           run("curl", [
-            "-sS", "--fail", "-H", "Expect:",
+            "-sS", "--fail", "-H", "Expect:", "-w", "\\n%{http_code}",
             "-F", "problem_id=p1",
             "-F", `recording=@${file.path};type=video/webm`,
             `${target.url}/sessions/bench-memory-${i}/recording`,
@@ -662,7 +662,14 @@ async function benchMemory() {
       const ms = performance.now() - t0;
       for (const a of answers) {
         check(a.code === 0, `${who}: curl ${a.code} ${a.stderr}`);
-        const answer = JSON.parse(a.stdout);
+        const status = a.stdout.slice(a.stdout.lastIndexOf("\n") + 1);
+        const text = a.stdout.slice(0, a.stdout.lastIndexOf("\n"));
+        let answer;
+        try {
+          answer = JSON.parse(text);
+        } catch {
+          throw new Error(`${who}: answer ${status} is not JSON: ${JSON.stringify(text.slice(0, 300))} ${a.stderr}`);
+        }
         check(answer.ok && answer.size === file.size, `${who}: ${a.stdout}`);
       }
       results[who] = { ms, peakRss: peakRssMib(target.pid), idleRss, cpu: cpuSeconds(target.pid) - cpu0 };
