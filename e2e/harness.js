@@ -13,6 +13,9 @@ import { chromium } from "playwright-core";
 export const E2E_DIR = dirname(fileURLToPath(import.meta.url));
 export const ROOT = resolve(E2E_DIR, "..");
 export const ARTIFACTS = join(E2E_DIR, "artifacts");
+// Created here, once, so that every test can write its screenshots and logs (the folder is
+// not in git: a fresh clone has none).
+mkdirSync(ARTIFACTS, { recursive: true });
 export const RESEARCHER_TOKEN = "e2e-researcher-token-0123456789";
 
 /** A fresh temporary directory, removed by the returned cleanup. */
