@@ -938,8 +938,8 @@ function machine() {
 }
 
 function ratioCell(row) {
-  if (row.ratioLabel) return `${f(row.ratio)} (${row.ratioLabel})`;
-  return f(row.ratio);
+  const text = row.ratio > 0 && row.ratio < 0.01 ? row.ratio.toPrecision(2) : f(row.ratio);
+  return row.ratioLabel ? `${text} (${row.ratioLabel})` : text;
 }
 
 function goalCell(row) {
