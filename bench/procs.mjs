@@ -75,6 +75,23 @@ export async function stopAll() {
   await Promise.all([...tracked].map((c) => stopProcess(c, { gentle: c.benchGentle ?? "SIGTERM" })));
 }
 
+/**
+ * The last resort, for the `exit` event (no waiting possible there): SIGKILL every
+ * tracked process still running, and its descendants.
+ */
+export function killAllNow() {
+  for (const child of tracked) {
+    if (child.exitCode !== null || child.signalCode !== null) continue;
+    for (const pid of [...descendants(child.pid), child.pid]) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+}
+
 function statFields(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   return stat.slice(stat.lastIndexOf(")") + 2).split(" ");

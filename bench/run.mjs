@@ -28,6 +28,7 @@ import {
   cpuSeconds,
   createSession,
   descendants,
+  killAllNow,
   peakRssMib,
   reapedChildrenCpuSeconds,
   rssMib,
@@ -45,6 +46,7 @@ import {
 } from "./procs.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"];
 const SECTIONS = ["presign", "throughput", "datapath", "memory", "safe", "local", "wasm"];
 
 // ---------------------------------------------------------------------------------------
@@ -168,6 +170,13 @@ async function browser() {
     const y4m = join(temp, "noise.y4m");
     await writeCameraY4m(y4m);
     ctx.browser = await launchBrowser(y4m, join(temp, "profile"));
+    // Playwright ends the process on SIGINT once it has closed its browsers, which
+    // would cut this run's own cleanup short; this run closes the browser itself.
+    for (const signal of SIGNALS) {
+      for (const listener of process.listeners(signal)) {
+        if (listener !== onSignal) process.off(signal, listener);
+      }
+    }
   }
   return ctx.browser;
 }
@@ -1004,23 +1013,43 @@ let cleaning = null;
 async function cleanup() {
   cleaning ??= (async () => {
     try {
-      await ctx.browser?.close();
+      await Promise.race([ctx.browser?.close(), sleep(10_000)]);
     } catch {
       // The browser may be gone already.
     }
-    await stopAll();
-    rmSync(temp, { recursive: true, force: true });
+    // Whatever of the browser is left (it was started by this process) goes too.
+    for (const pid of descendants(process.pid)) {
+      try {
+        if (/chrom/i.test(readFileSync(`/proc/${pid}/comm`, "utf8"))) process.kill(pid, "SIGKILL");
+      } catch {
+        // Gone meanwhile.
+      }
+    }
+    try {
+      await stopAll();
+    } catch (e) {
+      say(`stopping processes: ${e.message}`);
+    }
+    try {
+      rmSync(temp, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    } catch (e) {
+      say(`could not remove ${temp}: ${e.message}`);
+    }
   })();
   return cleaning;
 }
 
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-  process.on(signal, async () => {
-    say(`${signal}: stopping everything this run started`);
-    await cleanup();
-    process.exit(130);
-  });
+async function onSignal(signal) {
+  say(`${signal}: stopping everything this run started`);
+  await cleanup();
+  process.exit(130);
 }
+for (const signal of SIGNALS) process.on(signal, onSignal);
+// Should the process end some other way, nothing it started outlives it.
+process.on("exit", () => {
+  killAllNow();
+  rmSync(temp, { recursive: true, force: true });
+});
 const deadline = setTimeout(async () => {
   say(`timed out after ${opts.timeoutMin} minutes; stopping everything this run started`);
   await cleanup();
