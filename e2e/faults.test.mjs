@@ -16,13 +16,12 @@
 // in e2e/artifacts/faults-{local,garage}.json.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
-import { once } from "node:events";
 import {
+  startGarage,
   ARTIFACTS,
   RESEARCHER_TOKEN,
   ROOT,
@@ -215,39 +214,6 @@ describe("network faults on local storage", { timeout: 240_000 }, () => {
     t.diagnostic(`stored ${(size / MIB).toFixed(1)} MiB, sha256 ${done.sha256}`);
   });
 });
-
-/**
- * Starts a Garage node with one bucket through the Rust harness; resolves with
- * {endpoint, region, bucket, access_key_id, secret_access_key, stop}.
- */
-async function startGarage() {
-  const built = spawnSync("cargo", ["build", "-q", "-p", "server", "--example", "garage_test_node"], {
-    cwd: ROOT,
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  assert.equal(built.status, 0, "cargo could not build the garage_test_node example");
-  const child = spawn(join(ROOT, "target", "debug", "examples", "garage_test_node"), [], {
-    cwd: ROOT,
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  const errors = [];
-  child.stderr.on("data", (d) => errors.push(d.toString()));
-  const lines = createInterface({ input: child.stdout });
-  const first = await Promise.race([
-    once(lines, "line").then(([line]) => line),
-    once(child, "exit").then(([code]) => {
-      throw new Error(`the Garage test node exited with ${code}: ${errors.join("")}`);
-    }),
-  ]);
-  const node = JSON.parse(first);
-  node.stop = async () => {
-    if (child.exitCode === null) {
-      child.stdin.end();
-      await once(child, "exit");
-    }
-  };
-  return node;
-}
 
 describe("network faults on S3 (Garage)", { timeout: 300_000 }, () => {
   let temp;

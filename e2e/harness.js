@@ -1,13 +1,15 @@
 // Shared pieces of the browser tests: a noise video for Chromium's fake camera, the real
 // server binary on port 0 with a temporary DATA_DIR, and headless Debian chromium
 // through playwright-core (never a downloaded browser).
-import { spawn } from "node:child_process";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
+import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 export const E2E_DIR = dirname(fileURLToPath(import.meta.url));
@@ -133,4 +135,37 @@ export async function waitFor(fn, ms, what) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * Starts a Garage node with one bucket through the Rust harness; resolves with
+ * {endpoint, region, bucket, access_key_id, secret_access_key, stop}.
+ */
+export async function startGarage() {
+  const built = spawnSync("cargo", ["build", "-q", "-p", "server", "--example", "garage_test_node"], {
+    cwd: ROOT,
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  assert.equal(built.status, 0, "cargo could not build the garage_test_node example");
+  const child = spawn(join(ROOT, "target", "debug", "examples", "garage_test_node"), [], {
+    cwd: ROOT,
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const errors = [];
+  child.stderr.on("data", (d) => errors.push(d.toString()));
+  const lines = createInterface({ input: child.stdout });
+  const first = await Promise.race([
+    once(lines, "line").then(([line]) => line),
+    once(child, "exit").then(([code]) => {
+      throw new Error(`the Garage test node exited with ${code}: ${errors.join("")}`);
+    }),
+  ]);
+  const node = JSON.parse(first);
+  node.stop = async () => {
+    if (child.exitCode === null) {
+      child.stdin.end();
+      await once(child, "exit");
+    }
+  };
+  return node;
 }

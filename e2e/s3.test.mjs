@@ -12,13 +12,12 @@
 // (server/examples/garage_test_node.rs); it stops when this process closes its stdin.
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
-import { once } from "node:events";
 import {
+  startGarage,
   RESEARCHER_TOKEN,
   ROOT,
   launchBrowser,
@@ -32,39 +31,6 @@ import {
 const MIB = 1024 * 1024;
 const VIDEO_BPS = 8_000_000;
 const SERVER_SECRET = randomBytes(32).toString("hex");
-
-/**
- * Starts a Garage node with one bucket through the Rust harness; resolves with
- * {endpoint, region, bucket, access_key_id, secret_access_key, stop}.
- */
-async function startGarage() {
-  const built = spawnSync("cargo", ["build", "-q", "-p", "server", "--example", "garage_test_node"], {
-    cwd: ROOT,
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  assert.equal(built.status, 0, "cargo could not build the garage_test_node example");
-  const child = spawn(join(ROOT, "target", "debug", "examples", "garage_test_node"), [], {
-    cwd: ROOT,
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  const errors = [];
-  child.stderr.on("data", (d) => errors.push(d.toString()));
-  const lines = createInterface({ input: child.stdout });
-  const first = await Promise.race([
-    once(lines, "line").then(([line]) => line),
-    once(child, "exit").then(([code]) => {
-      throw new Error(`the Garage test node exited with ${code}: ${errors.join("")}`);
-    }),
-  ]);
-  const node = JSON.parse(first);
-  node.stop = async () => {
-    if (child.exitCode === null) {
-      child.stdin.end();
-      await once(child, "exit");
-    }
-  };
-  return node;
-}
 
 /** Runs `recorder-server setup-s3` with `env`; resolves with its output. */
 function setupS3(env) {
