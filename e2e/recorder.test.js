@@ -396,6 +396,48 @@ describe("recording in the browser, straight to storage", { timeout: 600_000 }, 
     await page.close();
   });
 
+  it("hashes in a worker, or on the page's thread where no worker can start, to the same digest", async () => {
+    // 12 MiB of noise behind WebM's magic: three parts, hashed chunk by chunk.
+    const bytes = Buffer.alloc(12 * MIB + 12345);
+    for (let i = 0; i + 4 <= bytes.length; i += 4) bytes.writeUInt32LE((Math.imul(i, 2654435761) ^ (i >>> 7)) >>> 0, i);
+    Buffer.from([0x1a, 0x45, 0xdf, 0xa3]).copy(bytes);
+    const expected = createHash("sha256").update(bytes).digest("hex");
+    const upload = async (page, problemId) => {
+      await page.goto(`${server.url}/index.html`);
+      await page.waitForSelector("body[data-ready=true]");
+      return page.evaluate(async ({ problemId, base64 }) => {
+        const { Recorder, createSession } = await import("./pkg/client.js");
+        const data = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+        const { session_id: sessionId, token } = await createSession("", {});
+        const rec = new Recorder({ token, sessionId, problemId });
+        const entry = await rec.uploadBlob(new Blob([data]), "video/webm");
+        return { entry, sha256: rec.sha256 };
+      }, { problemId, base64: bytes.toString("base64") });
+    };
+    const withWorker = await openPage();
+    const workers = [];
+    withWorker.on("worker", (w) => workers.push(w.url()));
+    const warnings = [];
+    withWorker.on("console", (m) => warnings.push(m.text()));
+    const a = await upload(withWorker, "h1");
+    assert.equal(a.sha256, expected);
+    assert.equal(a.entry.sha256, expected);
+    assert.equal(storedObject(a.entry.key).sha256, expected);
+    assert.ok(workers.some((url) => url.endsWith("/hash_worker.js")), `a hashing worker ran: ${workers}`);
+    assert.ok(!warnings.some((t) => /hashing on the page|without a SHA-256/.test(t)), warnings.join("\n"));
+    await withWorker.close();
+
+    const noWorker = await openPage();
+    await noWorker.addInitScript(() => { delete window.Worker; });
+    const fallback = [];
+    noWorker.on("console", (m) => fallback.push(m.text()));
+    const b = await upload(noWorker, "h2");
+    assert.equal(b.sha256, expected);
+    assert.equal(storedObject(b.entry.key).sha256, expected);
+    assert.ok(fallback.some((t) => /hashing on the page's thread/.test(t)), fallback.join("\n"));
+    await noWorker.close();
+  });
+
   it("reports errors a person can act on through the embed API", async () => {
     const page = await openPage();
     await page.goto(`${server.url}/index.html`);

@@ -13,6 +13,7 @@ pub mod api;
 pub mod capture;
 pub mod error;
 pub mod format;
+pub mod hashing;
 pub mod js;
 pub mod plan;
 pub mod progress;

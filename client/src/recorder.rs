@@ -15,9 +15,9 @@ use std::rc::Rc;
 
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
+use futures::future::LocalBoxFuture;
 use gloo_events::EventListener;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use shared::api::{CompleteUploadRequest, PartSpec};
 use shared::{ProblemId, Recording, SessionId};
 use wasm_bindgen::{JsCast, JsValue};
@@ -27,6 +27,7 @@ use crate::api::Api;
 use crate::capture::{self, CaptureRequest};
 use crate::error::ClientError;
 use crate::format::Kind;
+use crate::hashing::ChunkHasher;
 use crate::plan::{PartLimits, PartPlanner, PartSizing, PlannedPart};
 use crate::progress::{Accounting, Progress, State, state_name};
 use crate::retry::RetryPolicy;
@@ -360,7 +361,8 @@ impl Recorder {
             ctx,
             input,
             planner: PartPlanner::new(sizing),
-            hasher: Sha256::new(),
+            hasher: Some(ChunkHasher::start()),
+            digest: None,
             accounting: Accounting::default(),
             queue: VecDeque::new(),
             sizes: BTreeMap::new(),
@@ -556,7 +558,10 @@ struct Session {
     ctx: Rc<UploadContext>,
     input: Input,
     planner: PartPlanner<Blob>,
-    hasher: Sha256,
+    /// The hash being computed, until the recorder stops.
+    hasher: Option<ChunkHasher>,
+    /// The hash being finished, from the recorder's stop until complete.
+    digest: Option<LocalBoxFuture<'static, Result<String, ClientError>>>,
     accounting: Accounting,
     queue: VecDeque<PlannedPart<Blob>>,
     sizes: BTreeMap<u32, u64>,
@@ -656,8 +661,9 @@ impl Session {
                 if let Some(last) = self.planner.finish()? {
                     self.plan(last);
                 }
-                self.view.borrow_mut().sha256 =
-                    Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
+                if let Some(hasher) = self.hasher.take() {
+                    self.digest = Some(Box::pin(hasher.finish()));
+                }
                 self.stop_tracks();
                 set_state(&self.view, State::Uploading);
             }
@@ -689,23 +695,14 @@ impl Session {
         Ok(None)
     }
 
-    /// Hashes a chunk (reading it in slices so that wasm memory stays small) and plans
-    /// it into parts.
+    /// Hashes a chunk (in the worker, or here) and plans it into parts.
     async fn take_chunk(&mut self, blob: Blob) -> Result<(), ClientError> {
         let len = blob.size() as u64;
         if len == 0 {
             return Ok(());
         }
-        let buffer = web::await_promise(blob.array_buffer())
-            .await
-            .map_err(|(_, message)| ClientError::Recorder(message))?;
-        let bytes = js_sys::Uint8Array::new(&buffer);
-        let mut at = 0;
-        const WINDOW: u32 = 1 << 20;
-        while at < bytes.length() {
-            let end = at.saturating_add(WINDOW).min(bytes.length());
-            self.hasher.update(bytes.subarray(at, end).to_vec());
-            at = end;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&blob).await?;
         }
         self.accounting.recorded(len);
         for part in self.planner.push(blob)? {
@@ -758,7 +755,17 @@ impl Session {
         emit(&self.view, "progress", &web::to_js(&progress));
     }
 
-    async fn complete(&self) -> Result<Recording, ClientError> {
+    async fn complete(&mut self) -> Result<Recording, ClientError> {
+        if let Some(digest) = self.digest.take() {
+            // A hash that could not be finished costs the recording nothing: it is
+            // completed without one (the server checks sizes and parts either way).
+            match digest.await {
+                Ok(hex) => self.view.borrow_mut().sha256 = Some(hex),
+                Err(e) => web_sys::console::warn_1(
+                    &format!("recorder: completing without a SHA-256: {e}").into(),
+                ),
+            }
+        }
         let parts = self
             .sizes
             .iter()
