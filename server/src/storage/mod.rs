@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 pub mod local;
 pub mod memory;
+pub mod part_signer;
 pub mod s3;
 
 /// A stream of body bytes.

@@ -43,6 +43,7 @@ use shared::api::PresignedRequest;
 use time::OffsetDateTime;
 
 use super::memory::{check_dir_prefix, check_part_request, check_presign};
+use super::part_signer::{ObjectUrl, PROBE_KEY, PartSigner};
 use super::{
     ByteStream, GetResult, ObjectMeta, PartInfo, PresignOp, Result, Storage, StorageError,
     UploadInfo, check_part_sequence,
@@ -140,6 +141,10 @@ pub struct S3Storage {
     prefix: String,
     region: String,
     endpoint: Option<String>,
+    credentials: SharedCredentialsProvider,
+    /// Signs part URLs without the SDK's pipeline; made on first use (it needs one
+    /// presigned URL from the SDK to learn where objects live).
+    part_signer: Arc<tokio::sync::OnceCell<PartSigner>>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -284,6 +289,7 @@ impl S3Storage {
             Client::from_conf(config.build())
         };
         let client = client_for(settings.endpoint.as_ref());
+        let part_signer = Arc::new(tokio::sync::OnceCell::new());
         let presigner = client_for(
             settings
                 .public_endpoint
@@ -297,6 +303,8 @@ impl S3Storage {
             bucket: settings.bucket,
             region,
             endpoint: settings.endpoint,
+            credentials,
+            part_signer,
         })
     }
 
@@ -524,16 +532,116 @@ impl S3Storage {
         }
     }
 
-    fn presign_config(now: SystemTime, ttl: Duration) -> Result<(PresigningConfig, SystemTime)> {
+    /// When a URL presigned at `now` for `ttl` starts to be valid, and for how long.
+    fn validity(now: SystemTime, ttl: Duration) -> (SystemTime, Duration) {
         let ttl = ttl.clamp(MIN_PRESIGN_TTL, MAX_PRESIGN_TTL);
         let start = now - PRESIGN_CLOCK_SKEW;
-        let expires_in = (ttl + PRESIGN_CLOCK_SKEW).min(MAX_PRESIGN_TTL);
+        (start, (ttl + PRESIGN_CLOCK_SKEW).min(MAX_PRESIGN_TTL))
+    }
+
+    fn presign_config(now: SystemTime, ttl: Duration) -> Result<(PresigningConfig, SystemTime)> {
+        let (start, expires_in) = Self::validity(now, ttl);
         let config = PresigningConfig::builder()
             .start_time(start)
             .expires_in(expires_in)
             .build()
             .map_err(|e| StorageError::Presign(e.to_string()))?;
         Ok((config, start + expires_in))
+    }
+
+    /// The direct part signer, made on first use.
+    async fn part_signer(&self) -> Result<&PartSigner> {
+        self.part_signer
+            .get_or_try_init(|| async {
+                let (config, _) = Self::presign_config(SystemTime::now(), MIN_PRESIGN_TTL)?;
+                let probe = self
+                    .presigner
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(PROBE_KEY)
+                    .presigned(config)
+                    .await
+                    .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?;
+                Ok(PartSigner::new(
+                    ObjectUrl::from_probe(probe.uri())?,
+                    self.region.clone(),
+                    self.credentials.clone(),
+                ))
+            })
+            .await
+    }
+
+    /// Presigns through the SDK's own presigner (every operation but UploadPart, and
+    /// the tests' reference for that one).
+    async fn presign_with_sdk(
+        &self,
+        op: &PresignOp,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<PresignedRequest> {
+        let (config, expires) = Self::presign_config(now, ttl)?;
+        let signed = match op {
+            PresignOp::Put {
+                key,
+                content_type,
+                size,
+            } => self
+                .presigner
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full(key))
+                .content_type(content_type)
+                .content_length(*size as i64)
+                .presigned(config)
+                .await
+                .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?,
+            PresignOp::UploadPart {
+                key,
+                upload_id,
+                part_number,
+                size,
+            } => self
+                .presigner
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full(key))
+                .upload_id(upload_id)
+                .part_number(*part_number as i32)
+                .content_length(*size as i64)
+                .presigned(config)
+                .await
+                .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?,
+            PresignOp::Get { key, download_as } => {
+                let mut request = self
+                    .presigner
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(self.full(key));
+                if let Some(name) = download_as {
+                    request = request
+                        .response_content_disposition(format!("attachment; filename=\"{name}\""))
+                        .response_content_type(download_content_type(name));
+                }
+                request
+                    .presigned(config)
+                    .await
+                    .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?
+            }
+        };
+        let headers = signed
+            .headers()
+            .filter(|(name, _)| {
+                !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("host")
+            })
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+            .collect();
+        let expires_at = OffsetDateTime::from(expires);
+        Ok(PresignedRequest {
+            method: signed.method().to_owned(),
+            url: signed.uri().to_owned(),
+            headers,
+            expires_at,
+        })
     }
 }
 
@@ -1043,68 +1151,33 @@ impl Storage for S3Storage {
         ttl: Duration,
     ) -> Result<PresignedRequest> {
         check_presign(op)?;
-        let (config, expires) = Self::presign_config(now, ttl)?;
-        let signed = match op {
-            PresignOp::Put {
-                key,
-                content_type,
-                size,
-            } => self
-                .presigner
-                .put_object()
-                .bucket(&self.bucket)
-                .key(self.full(key))
-                .content_type(content_type)
-                .content_length(*size as i64)
-                .presigned(config)
-                .await
-                .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?,
-            PresignOp::UploadPart {
-                key,
-                upload_id,
-                part_number,
-                size,
-            } => self
-                .presigner
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.full(key))
-                .upload_id(upload_id)
-                .part_number(*part_number as i32)
-                .content_length(*size as i64)
-                .presigned(config)
-                .await
-                .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?,
-            PresignOp::Get { key, download_as } => {
-                let mut request = self
-                    .presigner
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(self.full(key));
-                if let Some(name) = download_as {
-                    request = request
-                        .response_content_disposition(format!("attachment; filename=\"{name}\""))
-                        .response_content_type(download_content_type(name));
-                }
-                request
-                    .presigned(config)
-                    .await
-                    .map_err(|e| StorageError::Presign(DisplayErrorContext(e).to_string()))?
-            }
+        let PresignOp::UploadPart {
+            key,
+            upload_id,
+            part_number,
+            size,
+        } = op
+        else {
+            return self.presign_with_sdk(op, now, ttl).await;
         };
-        let headers = signed
-            .headers()
-            .filter(|(name, _)| {
-                !name.eq_ignore_ascii_case("content-length") && !name.eq_ignore_ascii_case("host")
-            })
-            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
-            .collect();
-        let expires_at = OffsetDateTime::from(expires);
+        let (start, expires_in) = Self::validity(now, ttl);
+        let url = self
+            .part_signer()
+            .await?
+            .sign_part(
+                &self.full(key),
+                upload_id,
+                *part_number,
+                *size,
+                start,
+                expires_in,
+            )
+            .await?;
         Ok(PresignedRequest {
-            method: signed.method().to_owned(),
-            url: signed.uri().to_owned(),
-            headers,
-            expires_at,
+            method: "PUT".to_owned(),
+            url,
+            headers: BTreeMap::new(),
+            expires_at: OffsetDateTime::from(start + expires_in),
         })
     }
 }
@@ -1189,6 +1262,116 @@ impl http_body::Body for ExactBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A URL as path and sorted query pairs: the order of query parameters carries no
+    /// meaning (SigV4 signs them sorted).
+    fn url_parts(url: &str) -> (String, Vec<String>) {
+        let (path, query) = url.split_once('?').unwrap();
+        let mut pairs: Vec<String> = query.split('&').map(str::to_owned).collect();
+        pairs.sort();
+        (path.to_owned(), pairs)
+    }
+
+    #[tokio::test]
+    async fn part_urls_are_signed_exactly_as_the_sdk_signs_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let garage = S3Settings::custom("recordings", "http://127.0.0.1:3900", "garage");
+        let public = S3Settings {
+            public_endpoint: Some("https://s3.example.org:8443/".into()),
+            key_prefix: "/studies/pilot-2/".into(),
+            ..S3Settings::custom("rec", "http://10.0.0.5:3900", "auto")
+        };
+        let aws = S3Settings {
+            bucket: "lab-recordings".into(),
+            region: Some("eu-west-1".into()),
+            ..S3Settings::default()
+        };
+        let aws_path = S3Settings {
+            force_path_style: Some(true),
+            ..aws.clone()
+        };
+        let virtual_custom = S3Settings {
+            force_path_style: Some(false),
+            ..S3Settings::custom("b1", "https://store.example.net", "us-east-1")
+        };
+        let keys = [
+            "sessions/s_1/recording_p1_1790000000000.webm",
+            "a/B-c_d.e/f.mp4",
+        ];
+        let uploads = ["2b4f0e9a", "VXBsb2FkIElE+/=~._-%20 é"];
+        for settings in [garage, public, aws, aws_path, virtual_custom] {
+            let storage =
+                S3Storage::with_credentials(settings.clone(), "AKIDEXAMPLE", "wJalrXUtnFEMI/K7")
+                    .unwrap();
+            for key in keys {
+                for upload_id in uploads {
+                    for (part_number, size) in [(1, 5_242_880), (10_000, 1)] {
+                        let op = PresignOp::UploadPart {
+                            key: ObjectKey::parse(key).unwrap(),
+                            upload_id: upload_id.into(),
+                            part_number,
+                            size,
+                        };
+                        let ttl = Duration::from_secs(900);
+                        let ours = storage.presign(&op, now, ttl).await.unwrap();
+                        let sdk = storage.presign_with_sdk(&op, now, ttl).await.unwrap();
+                        assert_eq!(
+                            url_parts(&ours.url),
+                            url_parts(&sdk.url),
+                            "{settings:?} {key} {upload_id}"
+                        );
+                        assert_eq!(ours.method, sdk.method);
+                        assert_eq!(ours.headers, sdk.headers);
+                        assert_eq!(ours.expires_at, sdk.expires_at);
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_url_changes_with_everything_it_binds() {
+        let storage = S3Storage::with_credentials(
+            S3Settings::custom("recordings", "http://127.0.0.1:3900", "garage"),
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7",
+        )
+        .unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let ttl = Duration::from_secs(900);
+        let part = |key: &str, upload_id: &str, part_number, size| PresignOp::UploadPart {
+            key: ObjectKey::parse(key).unwrap(),
+            upload_id: upload_id.into(),
+            part_number,
+            size,
+        };
+        let signature = |url: String| url.rsplit_once("X-Amz-Signature=").unwrap().1.to_owned();
+        let base = signature(
+            storage
+                .presign(&part("k/a.webm", "u", 1, 10), now, ttl)
+                .await
+                .unwrap()
+                .url,
+        );
+        for other in [
+            part("k/b.webm", "u", 1, 10),
+            part("k/a.webm", "v", 1, 10),
+            part("k/a.webm", "u", 2, 10),
+            part("k/a.webm", "u", 1, 11),
+        ] {
+            let url = storage.presign(&other, now, ttl).await.unwrap().url;
+            assert_ne!(signature(url), base, "{other:?}");
+        }
+        let later = storage
+            .presign(
+                &part("k/a.webm", "u", 1, 10),
+                now + Duration::from_secs(1),
+                ttl,
+            )
+            .await
+            .unwrap();
+        assert_ne!(signature(later.url), base);
+    }
 
     #[test]
     fn prefix_is_normalised_to_one_trailing_slash() {
