@@ -9,15 +9,15 @@
 //! ```
 //!
 //! Prints one JSON line: requests, errors, answers by status class, requests per
-//! second and latency percentiles in milliseconds. It speaks just enough HTTP for the
-//! server's own answers (`Content-Length` or chunked bodies), with as little work per
-//! request as possible, so that on a small machine the server, not the generator, is
-//! what is measured.
+//! second and latency percentiles in milliseconds. The HTTP client is the one the
+//! suite's load test uses (`tests/loadgen/mod.rs`).
 
 use std::time::{Duration, Instant};
 
+#[path = "../tests/loadgen/mod.rs"]
+mod loadgen;
+
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Command-line options.
@@ -67,17 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(path)) => std::fs::read(path)?,
         (None, None) => Vec::new(),
     };
-    let mut request = format!("{} {target} HTTP/1.1\r\nHost: {host}\r\n", args.method);
-    for header in &args.headers {
-        request.push_str(header.trim());
-        request.push_str("\r\n");
-    }
-    if !body.is_empty() || !matches!(args.method.as_str(), "GET" | "HEAD") {
-        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    let mut request = request.into_bytes();
-    request.extend_from_slice(&body);
+    let headers: Vec<&str> = args.headers.iter().map(String::as_str).collect();
+    let request = loadgen::request(&args.method, &host, &target, &headers, &body);
     let request: &'static [u8] = Box::leak(request.into_boxed_slice());
 
     let start = Instant::now();
@@ -99,13 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let measured = until.saturating_duration_since(measure_from).as_secs_f64();
     all.latencies_us.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((all.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(all.latencies_us[i]) / 1000.0
-    };
+    let pct = |p: f64| loadgen::quantile_ms(&all.latencies_us, p);
     let requests = all.ok + all.non_2xx;
     let line = serde_json::json!({
         "url": args.url,
@@ -165,11 +150,13 @@ async fn connection(addr: &str, request: &[u8], measure_from: Instant, until: In
             },
         };
         let sent = Instant::now();
-        let answer = exchange(conn, request, &mut buf).await;
+        let answer = loadgen::exchange(conn, request, &mut buf).await;
         let done = Instant::now();
         let counted = sent >= measure_from && done <= until;
         match answer {
-            Ok((status, keep_alive)) => {
+            Ok(loadgen::Answer {
+                status, keep_alive, ..
+            }) => {
                 if counted {
                     let us = done.duration_since(sent).as_micros();
                     tally
@@ -194,90 +181,4 @@ async fn connection(addr: &str, request: &[u8], measure_from: Instant, until: In
         }
     }
     tally
-}
-
-/// Writes the request and reads one whole answer: `(status, whether the connection
-/// stays open)`.
-async fn exchange(
-    conn: &mut TcpStream,
-    request: &[u8],
-    buf: &mut Vec<u8>,
-) -> std::io::Result<(u16, bool)> {
-    conn.write_all(request).await?;
-    buf.clear();
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        read_more(conn, buf).await?;
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(invalid)?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid("no status line"))?;
-    let mut length = None;
-    let mut chunked = false;
-    let mut keep_alive = true;
-    for line in head.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            keep_alive = !value.eq_ignore_ascii_case("close");
-        }
-    }
-    if chunked {
-        // Chunks: a hex size line, the bytes, CRLF; a zero size ends the body.
-        let mut at = head_end;
-        loop {
-            let line_end = loop {
-                if let Some(i) = find(&buf[at..], b"\r\n") {
-                    break at + i;
-                }
-                read_more(conn, buf).await?;
-            };
-            let size_text = std::str::from_utf8(&buf[at..line_end]).map_err(invalid)?;
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(invalid)?;
-            let need = line_end + 2 + size + 2;
-            while buf.len() < need {
-                read_more(conn, buf).await?;
-            }
-            at = need;
-            if size == 0 {
-                break;
-            }
-        }
-    } else {
-        let need = head_end + length.unwrap_or(0);
-        while buf.len() < need {
-            read_more(conn, buf).await?;
-        }
-    }
-    Ok((status, keep_alive))
-}
-
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut chunk = [0u8; 8192];
-    let n = conn.read(&mut chunk).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn invalid(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
 }

@@ -18,6 +18,7 @@
 //! leaves loopback.
 
 mod common;
+mod loadgen;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{RESEARCHER, SECRET, Server, webm_bytes};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long one request may take before it counts as an error.
@@ -138,45 +138,6 @@ fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Reads one answer from `stream` into `buf`: its status and body.
-async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, Vec<u8>), String> {
-    buf.clear();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the server closed the connection".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|e| e.to_string())?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
-    while buf.len() < head_end + length {
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the server closed the connection mid-body".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok((status, buf[head_end..head_end + length].to_vec()))
-}
-
 /// One connection: connects once, then repeats the request until `until`.
 async fn connection(addr: String, target: &'static Target, until: Instant) -> Tally {
     let mut tally = Tally::default();
@@ -192,40 +153,35 @@ async fn connection(addr: String, target: &'static Target, until: Instant) -> Ta
     let mut n = 0u64;
     while Instant::now() < until {
         let began = Instant::now();
-        let exchange = async {
-            stream
-                .write_all(&target.request)
-                .await
-                .map_err(|e| e.to_string())?;
-            read_answer(&mut stream, &mut buf).await
+        let exchange = loadgen::exchange(&mut stream, &target.request, &mut buf);
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => Ok((answer.status, &buf[answer.body])),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok((200, body))) => {
+        match answer {
+            Ok((200, body)) => {
                 tally.latencies_us.push(began.elapsed().as_micros() as u32);
                 // Look into some answers: whole JSON, of the right kind.
                 if n % 64 == 0 {
-                    match serde_json::from_slice::<Value>(&body) {
+                    match serde_json::from_slice::<Value>(body) {
                         Ok(_)
                             if body
                                 .windows(target.body_contains.len())
                                 .any(|w| w == target.body_contains.as_bytes()) => {}
                         _ => tally.error(format!(
                             "an unexpected answer: {}",
-                            String::from_utf8_lossy(&body)
+                            String::from_utf8_lossy(body)
                         )),
                     }
                 }
             }
-            Ok(Ok((status, body))) => {
-                tally.error(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            Ok((status, body)) => {
+                tally.error(format!("{status}: {}", String::from_utf8_lossy(body)));
                 return tally;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tally.error(e);
-                return tally;
-            }
-            Err(_) => {
-                tally.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
                 return tally;
             }
         }
@@ -277,13 +233,7 @@ async fn run(server: &Server, target: &'static Target, connections: usize, secs:
     let rss_peak = rss_quarters.iter().copied().max().unwrap_or(0);
     let rss_end = rss(pid);
     all.latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        let l = &all.latencies_us;
-        if l.is_empty() {
-            return 0.0;
-        }
-        l[((l.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-    };
+    let pct = |p: f64| loadgen::quantile_ms(&all.latencies_us, p);
     Report {
         route: target.name,
         connections,
@@ -406,18 +356,21 @@ async fn prepare(data: &Path) -> (Server, &'static Target, &'static Target) {
         "parts": [{"part_number": 7, "size": 5 * 1024 * 1024}],
     }))
     .unwrap();
-    let mut presign = format!(
-        "POST /api/sessions/{session}/uploads/{rec}/parts HTTP/1.1\r\nHost: {host}\r\n\
-         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        presign_body.len()
-    )
-    .into_bytes();
-    presign.extend_from_slice(&presign_body);
-    let manifest = format!(
-        "GET /api/sessions/{session} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .into_bytes();
+    let auth = format!("Authorization: Bearer {token}");
+    let presign = loadgen::request(
+        "POST",
+        &host,
+        &format!("/api/sessions/{session}/uploads/{rec}/parts"),
+        &[&auth, "Content-Type: application/json"],
+        &presign_body,
+    );
+    let manifest = loadgen::request(
+        "GET",
+        &host,
+        &format!("/api/sessions/{session}"),
+        &[&auth],
+        &[],
+    );
     let presign: &'static Target = Box::leak(Box::new(Target {
         name: "presign (POST /api/sessions/{id}/uploads/{rid}/parts)",
         request: presign,
