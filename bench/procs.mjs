@@ -143,7 +143,8 @@ export function run(cmd, args, options = {}) {
     child.stdout.on("data", (d) => (stdout += d));
     child.stderr.on("data", (d) => (stderr += d));
     child.on("error", reject);
-    child.on("exit", (code) => resolve({ code, stdout, stderr, ms: performance.now() - t0 }));
+    // "close", not "exit": a process can exit before its output has been read.
+    child.on("close", (code) => resolve({ code, stdout, stderr, ms: performance.now() - t0 }));
   });
 }
 
