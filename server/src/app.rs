@@ -18,6 +18,7 @@ use shared::{RecordingId, SessionId};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, CorsOrigins, S3Config, Secrets, StorageBackend};
@@ -94,9 +95,10 @@ impl AppState {
     }
 }
 
-/// Why the storage backend could not be set up.
+/// Why the storage backend could not be set up; the message starts with the variable
+/// to fix.
 #[derive(Debug, thiserror::Error)]
-#[error("STORAGE_BACKEND: {0}")]
+#[error("{0}")]
 pub struct BuildStorageError(pub String);
 
 /// The storage backend the configuration names. URLs the local backend hands out are
@@ -162,6 +164,7 @@ pub fn app(state: AppState) -> Router {
     let storage = state.storage.clone();
     let signer = state.signer.clone();
     let clock = state.clock.clone();
+    let body_timeout = state.config.body_timeout;
 
     let mut router: Router = Router::new()
         .route("/healthz", get(healthz))
@@ -177,6 +180,9 @@ pub fn app(state: AppState) -> Router {
         .fallback_service(www)
         .layer(axum::middleware::map_response(json_body_for_bare_errors))
         .layer(axum::middleware::map_response(close_after_refused_body))
+        // A client that stops sending mid-body (a stalled network, a hostile one) must
+        // not hold a connection and a temporary file forever.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(TraceLayer::new_for_http());
     match cors {
         Some(cors) => router.layer(cors),

@@ -22,6 +22,14 @@ pub const MIN_URL_TTL_SECS: u64 = 60;
 /// Longest accepted presigned URL lifetime (12 hours): a leaked URL should not live
 /// long, and clients re-sign on expiry anyway.
 pub const MAX_URL_TTL_SECS: u64 = 43_200;
+/// How long a request body may send nothing before the request is ended, by default.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 60;
+/// Shortest accepted `BODY_TIMEOUT_SECS`.
+pub const MIN_BODY_TIMEOUT_SECS: u64 = 5;
+/// Longest accepted `BODY_TIMEOUT_SECS` (an hour).
+pub const MAX_BODY_TIMEOUT_SECS: u64 = 3600;
+/// The levels a `LOG` directive may name on its own.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// Default cap on one upload through the old app's route: 2 GiB.
 pub const DEFAULT_LEGACY_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Shortest accepted `RESEARCHER_TOKEN`, in bytes.
@@ -147,6 +155,9 @@ pub struct Config {
     pub www_dir: PathBuf,
     /// `URL_TTL_SECS`: presigned URL lifetime, 60..=43200 seconds, default 900.
     pub url_ttl: Duration,
+    /// `BODY_TIMEOUT_SECS`: how long a request body may send nothing before the
+    /// request is ended (408 `body_timeout`), 5..=3600 seconds, default 60.
+    pub body_timeout: Duration,
     /// `LEGACY_UPLOAD_AUTH`: `open` (default), `token` or `off`.
     pub legacy_upload_auth: LegacyUploadAuth,
     /// `LEGACY_MAX_BYTES`: cap on one upload through the old route. Default 2 GiB.
@@ -263,6 +274,14 @@ impl Config {
                 Duration::from_secs(secs)
             }
         };
+        let body_timeout = match get("BODY_TIMEOUT_SECS") {
+            None => Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
+            Some(text) => seconds_in(
+                "BODY_TIMEOUT_SECS",
+                &text,
+                MIN_BODY_TIMEOUT_SECS..=MAX_BODY_TIMEOUT_SECS,
+            )?,
+        };
         let legacy_upload_auth = match get("LEGACY_UPLOAD_AUTH").as_deref().map(str::trim) {
             None | Some("open") => LegacyUploadAuth::Open,
             Some("token") => LegacyUploadAuth::Token,
@@ -297,6 +316,21 @@ impl Config {
                 get("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
             ),
         };
+        // A bare word that is not a level is a target name to tracing (`LOG=inf0` would
+        // mean "only the target inf0" and silence every error); ask for `target=level`.
+        if let Some(word) = log.split(',').map(str::trim).find(|d| {
+            !d.is_empty()
+                && !d.contains(['=', '['])
+                && !LOG_LEVELS.contains(&d.to_ascii_lowercase().as_str())
+        }) {
+            return Err(ConfigError::new(
+                log_var,
+                format!(
+                    "{word:?} is neither a level ({}) nor `target=level`; for one target's logs write `{word}=debug,info`",
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(ConfigError::new(
                 log_var,
@@ -331,6 +365,7 @@ impl Config {
             server_secret,
             www_dir,
             url_ttl,
+            body_timeout,
             legacy_upload_auth,
             legacy_max_bytes,
             cors_origins,
@@ -744,6 +779,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.www_dir, PathBuf::from("www"));
         assert_eq!(c.url_ttl, Duration::from_secs(900));
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
         assert_eq!(c.legacy_upload_auth, LegacyUploadAuth::Open);
         assert_eq!(c.legacy_max_bytes, 2 * 1024 * 1024 * 1024);
         assert_eq!(c.cors_origins, CorsOrigins::None);
@@ -777,6 +813,11 @@ mod tests {
             (&[("CORS_ORIGINS", "https://a.org/path")], "CORS_ORIGINS"),
             (&[("LOG", "info,[[[")], "LOG"),
             (&[("RUST_LOG", "=bad=")], "RUST_LOG"),
+            (&[("LOG", "nonsense")], "LOG"),
+            (&[("LOG", "server=debug,inf0")], "LOG"),
+            (&[("BODY_TIMEOUT_SECS", "4")], "BODY_TIMEOUT_SECS"),
+            (&[("BODY_TIMEOUT_SECS", "3601")], "BODY_TIMEOUT_SECS"),
+            (&[("BODY_TIMEOUT_SECS", "1m")], "BODY_TIMEOUT_SECS"),
             (&[("STORAGE_BACKEND", "s3")], "S3_BUCKET"),
         ];
         for (pairs, var) in cases {

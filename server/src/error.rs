@@ -52,6 +52,32 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// 408 `body_timeout`: the request body sent nothing for `BODY_TIMEOUT_SECS`.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "No data arrived for too long (BODY_TIMEOUT_SECS), so the request was ended; \
+             nothing was stored. Send it again.",
+        )
+    }
+
+    /// Whether `e` (or an error it wraps) is the body timeout of
+    /// [`tower_http::timeout::RequestBodyTimeoutLayer`].
+    pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if err
+                .downcast_ref::<tower_http::timeout::TimeoutError>()
+                .is_some()
+            {
+                return true;
+            }
+            next = err.source();
+        }
+        false
+    }
+
     /// 409.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)

@@ -340,6 +340,36 @@ where
     }
 }
 
+/// Whether a request failed because the AWS chain found no credentials (the SDK reports
+/// that as a failure to send, like an unreachable endpoint).
+fn lacks_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The innermost error's first line (`Connection refused (os error 111)`), rather than
+/// the SDK's whole chain with its debug dump.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(inner) = last.source() {
+        last = inner;
+    }
+    last.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Checks that the bucket answers (HeadBucket). If not, asks again with a request
 /// whose error has a body (a one-key listing: HEAD answers carry no error code) and
 /// says in one line what is wrong.
@@ -379,9 +409,13 @@ where
         );
     }
     match (status(e), e.code()) {
+        (None, _) if lacks_credentials(e) => "credentials: no S3 credentials were found; set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with a profile file) \
+             for a key that may read and write the bucket"
+            .to_owned(),
         (None, _) => format!(
             "S3_ENDPOINT: cannot reach {endpoint} ({}); check S3_ENDPOINT and that the store is up",
-            DisplayErrorContext(e)
+            root_cause(e)
         ),
         (_, Some("NoSuchBucket")) | (Some(404), _) => format!(
             "S3_BUCKET: there is no bucket {bucket} at {endpoint}; create it (for example \
@@ -410,6 +444,48 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A credentials chain that finds nothing, as the AWS chain does with no variables.
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "no credentials found in chain",
+                ),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_or_missing_credentials_is_one_line_naming_the_fix() {
+        // Nothing listens on port 1 of loopback.
+        let settings = crate::storage::s3::S3Settings::custom("b", "http://127.0.0.1:1", "garage");
+        let refused = S3Storage::with_credentials(settings.clone(), "k", "s").unwrap();
+        let problem = reach(&refused).await.unwrap_err();
+        assert!(
+            problem.starts_with("S3_ENDPOINT: cannot reach"),
+            "{problem}"
+        );
+        assert!(!problem.contains('\n') && problem.len() < 300, "{problem}");
+
+        let provider =
+            aws_credential_types::provider::SharedCredentialsProvider::new(NoCredentials);
+        let anonymous = S3Storage::with_provider(settings, provider).unwrap();
+        let problem = reach(&anonymous).await.unwrap_err();
+        assert!(
+            problem.starts_with("credentials: no S3 credentials"),
+            "{problem}"
+        );
+        assert!(!problem.contains('\n'), "{problem}");
+    }
 
     fn rule(origins: &[&str], methods: &[&str], headers: &[&str], expose: &[&str]) -> CorsRule {
         let mut b = CorsRule::builder();

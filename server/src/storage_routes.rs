@@ -236,6 +236,8 @@ enum BodyFault {
     Short { got: u64, expected: u64 },
     /// The body could not be read (the client went away, a broken chunk).
     Broken(String),
+    /// The body sent nothing for `BODY_TIMEOUT_SECS`.
+    TimedOut,
 }
 
 /// Turns the request body into a [`ByteStream`] that fails when the body is shorter
@@ -259,7 +261,11 @@ fn watch_body(body: Body, expected: u64) -> (ByteStream, Arc<Mutex<Option<BodyFa
                     Some((Ok(chunk), (Some(inner), got)))
                 }
                 Some(Err(e)) => fail(
-                    BodyFault::Broken(e.to_string()),
+                    if ApiError::is_body_timeout(&e) {
+                        BodyFault::TimedOut
+                    } else {
+                        BodyFault::Broken(e.to_string())
+                    },
                     std::io::Error::other(e.to_string()),
                 ),
                 None if got < expected => fail(
@@ -282,6 +288,7 @@ fn body_error(e: StorageError, fault: &Mutex<Option<BodyFault>>) -> ApiError {
         Some(BodyFault::Short { got, expected }) => {
             StorageError::Truncated { got, expected }.into()
         }
+        Some(BodyFault::TimedOut) => ApiError::body_timeout(),
         Some(BodyFault::Broken(why)) => ApiError::bad_request(
             "body_interrupted",
             format!(

@@ -562,6 +562,120 @@ fn missing_pages_or_an_unusable_data_dir_stop_start_up_naming_the_variable() {
     }
 }
 
+/// Sends `head` and the first bytes of a body that announces more, then nothing; the
+/// status, body and seconds until the server answered.
+fn stall(addr: &str, head: String, first: &[u8]) -> (u16, String, f64) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(first).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer, not the end of the connection: the client keeps it open.
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            if body.ends_with('}') {
+                break;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body, secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_ended_with_408_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[("BODY_TIMEOUT_SECS", "5")]);
+    let api = client(&server);
+    let (session, token) = api.create_session().await;
+    let opened = api.start_upload(&session, &token, "p1").await;
+    let rec = opened["recording_id"].as_str().unwrap();
+    let (status, signed) = api
+        .call(
+            "POST",
+            &format!("/api/sessions/{session}/uploads/{rec}/parts"),
+            Some(&token),
+            Some(json!({"upload": opened["upload"], "parts": [{"part_number": 1, "size": 1000}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{signed}");
+    let request = &signed["parts"][0]["request"];
+    let path = request["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches(&server.url)
+        .to_owned();
+    let mut headers = String::new();
+    for (k, v) in request["headers"].as_object().unwrap() {
+        headers.push_str(&format!("{k}: {}\r\n", v.as_str().unwrap()));
+    }
+    let part_head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Length: 1000\r\n\r\n",
+        server.addr()
+    );
+    let boundary = "stall-boundary";
+    let form_head = format!(
+        "POST /sessions/{session}/recording HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"problem_id\"\r\n\r\np2\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"recording\"; filename=\"r.webm\"\r\n\r\n",
+        server.addr()
+    );
+    let addr = server.addr();
+    let first = webm_bytes(10);
+    let (part, form) = std::thread::scope(|s| {
+        let part = s.spawn(|| stall(&addr, part_head, &first));
+        let form = s.spawn(|| stall(&addr, form_head, &first));
+        (part.join().unwrap(), form.join().unwrap())
+    });
+    for (what, (status, body, secs)) in [("part PUT", part), ("old route", form)] {
+        assert_eq!(status, 408, "{what}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["code"], "body_timeout", "{what}: {v}");
+        assert!(
+            (4.5..20.0).contains(&secs),
+            "{what}: answered after {secs} s"
+        );
+    }
+    let left: Vec<String> = tree(dir.path())
+        .into_keys()
+        .filter(|k| k.contains("tmp") || k.contains("recording_p2"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let manifest = api.manifest(&session).await;
+    assert_eq!(
+        manifest["recordings"].as_array().unwrap().len(),
+        1,
+        "{manifest}"
+    );
+    // The server still serves: the same part, sent whole, is stored.
+    let res = common::presigned_put(&api.http, request, Bytes::from(webm_bytes(1000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_upload_in_flight_finish_then_stops() {
     let dir = tempfile::tempdir().unwrap();

@@ -140,6 +140,9 @@ fn not_media() -> ApiError {
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
+    if ApiError::is_body_timeout(&e) {
+        return ApiError::body_timeout();
+    }
     ApiError::bad_request(
         "invalid_multipart",
         format!("The multipart form could not be read: {}.", e.body_text()),

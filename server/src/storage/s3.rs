@@ -162,22 +162,22 @@ impl std::fmt::Debug for S3Storage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum S3SetupError {
     /// No bucket name.
-    #[error("S3_BUCKET is empty: name the bucket to store recordings in")]
+    #[error("S3_BUCKET: is empty; name the bucket to store recordings in")]
     NoBucket,
     /// No region from the settings or the AWS chain.
     #[error(
-        "no S3 region: set S3_REGION (or AWS_REGION) to the store's region \
+        "S3_REGION: no region is set; set S3_REGION (or AWS_REGION) to the store's region \
          (for example us-east-1 on AWS, garage for Garage, auto for R2)"
     )]
     NoRegion,
     /// The AWS chain found no credentials provider at all.
     #[error(
-        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+        "credentials: none were found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
          (or AWS_PROFILE with a profile file)"
     )]
     NoCredentials,
     /// An endpoint that is not an absolute http(s) URL.
-    #[error("{var} must be an http:// or https:// URL, not {value:?}")]
+    #[error("{var}: must be an http:// or https:// URL, not {value:?}")]
     BadEndpoint {
         /// The variable.
         var: &'static str,
@@ -244,6 +244,17 @@ impl S3Storage {
             None,
             "recorder-static",
         ));
+        let region = settings.region.clone();
+        Self::build(settings, region, credentials, http_client())
+    }
+
+    /// Builds the backend with any credentials provider (tests of what a failing AWS
+    /// chain looks like). Makes no request.
+    #[cfg(test)]
+    pub(crate) fn with_provider(
+        settings: S3Settings,
+        credentials: SharedCredentialsProvider,
+    ) -> Result<Self, S3SetupError> {
         let region = settings.region.clone();
         Self::build(settings, region, credentials, http_client())
     }
@@ -1442,6 +1453,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_setup_error_starts_with_the_variable_to_fix() {
+        for (e, var) in [
+            (S3SetupError::NoBucket, "S3_BUCKET: "),
+            (S3SetupError::NoRegion, "S3_REGION: "),
+            (S3SetupError::NoCredentials, "credentials: "),
+        ] {
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
     }
 
     #[test]
