@@ -43,11 +43,14 @@ const MAX_RESAVES: usize = 8;
 /// Why a manifest could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestsError {
-    /// The session's `session.json` is not a JSON object; it was left untouched.
+    /// The session's `session.json` is not a JSON object, or one of its event files is
+    /// not an event; the file was left untouched.
     #[error("{message}")]
     Corrupt {
         /// The session.
         session: SessionId,
+        /// The file that cannot be read.
+        key: ObjectKey,
         /// What is wrong, naming the session.
         message: String,
     },
@@ -59,12 +62,16 @@ pub enum ManifestsError {
 impl From<ManifestsError> for ApiError {
     fn from(e: ManifestsError) -> Self {
         match e {
-            ManifestsError::Corrupt { session, message } => {
-                tracing::error!(%session, "{message}");
+            ManifestsError::Corrupt {
+                session,
+                key,
+                message,
+            } => {
+                tracing::error!(%session, %key, "{message}");
                 ApiError::new(
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                     "manifest_corrupt",
-                    corrupt_message(&session, &message),
+                    corrupt_message(&key, &message),
                 )
             }
             ManifestsError::Storage(e) => e.into(),
@@ -72,11 +79,10 @@ impl From<ManifestsError> for ApiError {
     }
 }
 
-fn corrupt_message(session: &SessionId, detail: &str) -> String {
+fn corrupt_message(key: &ObjectKey, detail: &str) -> String {
     format!(
-        "The manifest of session {session} cannot be read: {detail}. The file {} was left \
-         untouched and nothing was changed; repair or move it by hand.",
-        keys::manifest_key(session)
+        "The manifest cannot be read: {detail}. The file {key} was left untouched; repair or \
+         move it by hand. Until then this session cannot be read and its changes are refused."
     )
 }
 
@@ -228,7 +234,9 @@ impl Manifests {
             if new.is_empty() {
                 break;
             }
-            snapshot.events.extend(self.read_events(new).await?);
+            snapshot
+                .events
+                .extend(self.read_events(session, new).await?);
             snapshot.objects = listed;
         }
         let mut view = snapshot.folded(session);
@@ -265,12 +273,16 @@ impl Manifests {
                     match self.load(&session).await {
                         Ok(Some(m)) => Ok(Some((sort_time(&m), SessionSummary::of(&m)))),
                         Ok(None) => Ok(None),
-                        Err(ManifestsError::Corrupt { session, message }) => {
+                        Err(ManifestsError::Corrupt {
+                            session,
+                            key,
+                            message,
+                        }) => {
                             let mut summary =
                                 SessionSummary::of(&SessionManifest::new(session.clone()));
                             summary.error = Some(ErrorBody {
                                 code: "manifest_corrupt".to_owned(),
-                                message: corrupt_message(&session, &message),
+                                message: corrupt_message(&key, &message),
                             });
                             Ok(Some((None, summary)))
                         }
@@ -293,6 +305,7 @@ impl Manifests {
                 .map(Some)
                 .map_err(|e| ManifestsError::Corrupt {
                     session: session.clone(),
+                    key: keys::manifest_key(session),
                     message: e.0,
                 }),
             Err(StorageError::NotFound { .. }) => Ok(None),
@@ -312,7 +325,7 @@ impl Manifests {
             None
         };
         let listed: Vec<ObjectKey> = event_keys(&objects, session).into_iter().cloned().collect();
-        let events = self.read_events(listed).await?;
+        let events = self.read_events(session, listed).await?;
         Ok(Some(Snapshot {
             base,
             events: events.into_iter().collect(),
@@ -320,10 +333,13 @@ impl Manifests {
         }))
     }
 
-    /// Reads events, [`READ_CONCURRENCY`] at a time; an unreadable one (or one deleted
-    /// since it was listed) comes back as `None` and is ignored by the fold.
+    /// Reads events, [`READ_CONCURRENCY`] at a time; one deleted since it was listed
+    /// comes back as `None` and is ignored by the fold. One that is not an event is
+    /// [`ManifestsError::Corrupt`]: folding without it would show (and re-save) the
+    /// session without that change.
     async fn read_events(
         &self,
+        session: &SessionId,
         keys: Vec<ObjectKey>,
     ) -> Result<Vec<(ObjectKey, Option<ManifestEvent>)>> {
         let read = futures::stream::iter(keys)
@@ -331,13 +347,16 @@ impl Manifests {
                 match self.storage.get(&key).await {
                     Ok(bytes) => match serde_json::from_slice::<ManifestEvent>(&bytes) {
                         Ok(event) => Ok((key, Some(event))),
-                        Err(e) => {
-                            tracing::warn!(%key, error = %e, "ignoring an unreadable manifest event");
-                            Ok((key, None))
-                        }
+                        Err(e) => Err(ManifestsError::Corrupt {
+                            session: session.clone(),
+                            message: format!(
+                                "session {session}: an event file is not a manifest event ({e})"
+                            ),
+                            key,
+                        }),
                     },
                     Err(StorageError::NotFound { .. }) => Ok((key, None)),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 }
             })
             .buffered(READ_CONCURRENCY)
@@ -504,6 +523,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_corrupt_event_file_is_reported_and_session_json_not_rewritten_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = Manifests::new(local(dir.path()));
+        let s = sid("events");
+        manifests
+            .record(
+                &s,
+                Change::Created {
+                    metadata: Metadata::default(),
+                },
+                NOW,
+            )
+            .await
+            .unwrap();
+        let events = dir.path().join("sessions/events/events");
+        let first = std::fs::read_dir(&events)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::write(&first, b"garbage").unwrap();
+        let before = tree(dir.path());
+
+        let err = manifests.load(&s).await.unwrap_err();
+        let ManifestsError::Corrupt { key, .. } = &err else {
+            panic!("expected Corrupt, got {err:?}")
+        };
+        assert!(
+            first.ends_with(key.as_str().rsplit('/').next().unwrap()),
+            "{key} names the bad file"
+        );
+        let api = ApiError::from(err);
+        assert_eq!((api.status.as_u16(), api.code), (500, "manifest_corrupt"));
+        assert!(api.message.contains("untouched"), "{}", api.message);
+        assert_eq!(tree(dir.path()), before, "a read writes nothing");
+
+        // A change is refused loudly and session.json is not re-saved without the
+        // unreadable event's change.
+        let session_json = std::fs::read(dir.path().join("sessions/events/session.json")).unwrap();
+        assert!(matches!(
+            manifests
+                .record(&s, change("events", 1, RecordingStatus::Complete), NOW)
+                .await,
+            Err(ManifestsError::Corrupt { .. })
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join("sessions/events/session.json")).unwrap(),
+            session_json
+        );
+        let list = manifests.list().await.unwrap();
+        assert_eq!(list[0].error.as_ref().unwrap().code, "manifest_corrupt");
+    }
+
+    #[tokio::test]
     async fn a_corrupt_manifest_is_reported_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("sessions/broken");
@@ -521,10 +595,16 @@ mod tests {
             .record(&s, change("broken", 1, RecordingStatus::Complete), NOW)
             .await
             .unwrap_err();
-        let ManifestsError::Corrupt { session, message } = &err else {
+        let ManifestsError::Corrupt {
+            session,
+            key,
+            message,
+        } = &err
+        else {
             panic!("expected Corrupt, got {err:?}")
         };
         assert_eq!(session, &s);
+        assert_eq!(key, &keys::manifest_key(&s));
         assert!(message.contains("broken"), "{message}");
         assert!(matches!(
             manifests.load(&s).await,

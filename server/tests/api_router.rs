@@ -455,6 +455,24 @@ async fn the_whole_upload_flow_stores_verified_media_and_records_it() {
     let again = h.call("POST", &rec_uri, Some(&token), Some(body)).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["recording"], a.json()["recording"]);
+    // A repeat that differs (other sizes, another hash, a hash the first lacked) is
+    // not told "complete", and the recording stays as it was.
+    let other_sha = "a".repeat(64);
+    for differing in [
+        json!({"upload": start["upload"], "parts": [{"part_number": 1, "size": 5}], "sha256": sha}),
+        json!({"upload": start["upload"], "parts": specs, "sha256": other_sha}),
+    ] {
+        let a = h
+            .call("POST", &rec_uri, Some(&token), Some(differing))
+            .await;
+        assert_eq!(
+            (a.status.as_u16(), a.code().as_str()),
+            (409, "already_complete"),
+            "{}",
+            String::from_utf8_lossy(&a.bytes)
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), all);
 
     // Aborting a complete recording is refused.
     let a = h

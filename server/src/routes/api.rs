@@ -632,6 +632,29 @@ pub async fn complete(
         })
 }
 
+/// How a repeated complete differs from the one that completed `entry` (a retry sends
+/// the same parts and hash; anything else must not be answered "complete").
+fn repeat_difference(entry: &Recording, req: &CompleteUploadRequest) -> Option<String> {
+    let listed: u64 = req.parts.iter().map(|p| p.size).sum();
+    if entry.size != Some(listed) {
+        return Some(format!(
+            "it holds {} bytes and this request lists {listed}",
+            entry.size.unwrap_or(0)
+        ));
+    }
+    match (&entry.sha256, &req.sha256) {
+        (Some(stored), Some(sent)) if stored != sent => Some(format!(
+            "its SHA-256 is {stored} and this request says {sent}"
+        )),
+        (None, Some(_)) => Some(
+            "it was completed without a SHA-256 and this request sends one, which cannot be \
+             checked now"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// The store holds no upload any more: the recording was completed (by an earlier call
 /// whose answer the client did not get), aborted, or never existed.
 async fn complete_again(
@@ -645,12 +668,25 @@ async fn complete_again(
         .as_ref()
         .and_then(|m| m.recording(&handle.recording));
     match entry.map(|e| e.status) {
-        Some(RecordingStatus::Complete) => return Ok(entry.cloned().expect("matched above")),
+        Some(RecordingStatus::Complete) => {
+            let entry = entry.expect("matched above");
+            return match repeat_difference(entry, req) {
+                None => Ok(entry.clone()),
+                Some(diff) => Err(ApiError::conflict(
+                    "already_complete",
+                    format!(
+                        "Recording {} is already complete, but {diff}; the stored recording \
+                         was kept as it is. To store other bytes, start a new upload.",
+                        handle.recording
+                    ),
+                )),
+            };
+        }
         Some(RecordingStatus::Aborted | RecordingStatus::Failed) => {
             return Err(ApiError::conflict(
                 "upload_ended",
                 format!(
-                    "Recording {} was {}; start a new upload.",
+                    "Recording {} ended as {}; start a new upload.",
                     handle.recording,
                     shared::api::status_name(entry.expect("matched above").status)
                 ),
