@@ -389,7 +389,7 @@ pub fn check_presign_parts(parts: &[PartSpec]) -> Result<(), ApiError> {
     let bad = |msg: String| ApiError::bad_request("invalid_parts", msg);
     if parts.is_empty() || parts.len() > MAX_PARTS_PER_REQUEST as usize {
         return Err(bad(format!(
-            "ask for 1 to {MAX_PARTS_PER_REQUEST} parts per call, not {}",
+            "Ask for 1 to {MAX_PARTS_PER_REQUEST} parts per call, not {}; split the list into several calls.",
             parts.len()
         )));
     }
@@ -397,18 +397,21 @@ pub fn check_presign_parts(parts: &[PartSpec]) -> Result<(), ApiError> {
     for p in parts {
         if !(1..=MAX_PARTS).contains(&p.part_number) {
             return Err(bad(format!(
-                "part number {} is outside 1..={MAX_PARTS}",
+                "Part number {} is outside 1 to {MAX_PARTS}; number parts from 1.",
                 p.part_number
             )));
         }
         if !(1..=MAX_PART_SIZE).contains(&p.size) {
             return Err(bad(format!(
-                "part {} has size {}; sizes must be 1..={MAX_PART_SIZE} bytes",
+                "Part {} has size {}; a part must be 1 to {MAX_PART_SIZE} bytes.",
                 p.part_number, p.size
             )));
         }
         if !seen.insert(p.part_number) {
-            return Err(bad(format!("part {} is asked for twice", p.part_number)));
+            return Err(bad(format!(
+                "Part {} is asked for twice; list each part once.",
+                p.part_number
+            )));
         }
     }
     Ok(())
@@ -508,7 +511,8 @@ pub fn check_sha256(sha: Option<&str>) -> Result<(), ApiError> {
         Some(s) if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
             Err(ApiError::bad_request(
                 "invalid_sha256",
-                "sha256 must be 64 lowercase hexadecimal digits",
+                "`sha256` must be 64 lowercase hexadecimal digits (the hex SHA-256 of the whole \
+                 recording); send it so, or leave it out.",
             ))
         }
         _ => Ok(()),
