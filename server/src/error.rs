@@ -21,6 +21,18 @@ pub struct ApiError {
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// Whether `e` or any error in its `source()` chain is a `T`.
+pub fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<T>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 impl ApiError {
     /// Any status with a code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -65,17 +77,7 @@ impl ApiError {
     /// Whether `e` (or an error it wraps) is the body timeout of
     /// [`tower_http::timeout::RequestBodyTimeoutLayer`].
     pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-        let mut next = Some(e);
-        while let Some(err) = next {
-            if err
-                .downcast_ref::<tower_http::timeout::TimeoutError>()
-                .is_some()
-            {
-                return true;
-            }
-            next = err.source();
-        }
-        false
+        caused_by::<tower_http::timeout::TimeoutError>(e)
     }
 
     /// 409.

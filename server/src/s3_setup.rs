@@ -343,17 +343,7 @@ where
 /// Whether a request failed because the AWS chain found no credentials (the SDK reports
 /// that as a failure to send, like an unreachable endpoint).
 fn lacks_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(err) = next {
-        if err
-            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-            .is_some()
-        {
-            return true;
-        }
-        next = err.source();
-    }
-    false
+    crate::error::caused_by::<aws_credential_types::provider::error::CredentialsError>(e)
 }
 
 /// The innermost error's first line (`Connection refused (os error 111)`), rather than
