@@ -326,7 +326,7 @@ impl Config {
             return Err(ConfigError::new(
                 log_var,
                 format!(
-                    "{word:?} is neither a level ({}) nor `target=level`; for one target's logs write `{word}=debug,info`",
+                    "{word:?} is neither a level ({}) nor `target=level`; write a level such as `info`, or `{word}=debug,info` for one target's logs",
                     LOG_LEVELS.join(", ")
                 ),
             ));

@@ -472,6 +472,13 @@ async fn the_whole_upload_flow_stores_verified_media_and_records_it() {
             String::from_utf8_lossy(&a.bytes)
         );
     }
+    // A list naming a part twice is refused as such, not as a mismatch.
+    let twice = json!({"upload": start["upload"], "parts": [specs[0], specs[0], specs[1]]});
+    let a = h.call("POST", &rec_uri, Some(&token), Some(twice)).await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (400, "invalid_parts")
+    );
     assert_eq!(std::fs::read(&file).unwrap(), all);
 
     // Aborting a complete recording is refused.

@@ -643,12 +643,24 @@ async fn a_body_that_stops_arriving_is_ended_with_408_and_leaves_no_file() {
     );
     let addr = server.addr();
     let first = webm_bytes(10);
-    let (part, form) = std::thread::scope(|s| {
+    let json_head = format!(
+        "POST /api/sessions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n",
+        server.addr()
+    );
+    let (part, form, json) = std::thread::scope(|s| {
         let part = s.spawn(|| stall(&addr, part_head, &first));
         let form = s.spawn(|| stall(&addr, form_head, &first));
-        (part.join().unwrap(), form.join().unwrap())
+        let json = s.spawn(|| stall(&addr, json_head, b"{\"metadata\""));
+        (
+            part.join().unwrap(),
+            form.join().unwrap(),
+            json.join().unwrap(),
+        )
     });
-    for (what, (status, body, secs)) in [("part PUT", part), ("old route", form)] {
+    for (what, (status, body, secs)) in
+        [("part PUT", part), ("old route", form), ("JSON body", json)]
+    {
         assert_eq!(status, 408, "{what}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["code"], "body_timeout", "{what}: {v}");

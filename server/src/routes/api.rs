@@ -581,6 +581,16 @@ pub async fn complete(
     now: SystemTime,
 ) -> Result<Recording, ApiError> {
     check_sha256(req.sha256.as_deref())?;
+    let mut listed = BTreeSet::new();
+    if let Some(twice) = req.parts.iter().find(|p| !listed.insert(p.part_number)) {
+        return Err(ApiError::bad_request(
+            "invalid_parts",
+            format!(
+                "Part {} is listed twice; list each part you uploaded once, then complete again.",
+                twice.part_number
+            ),
+        ));
+    }
     let session = &handle.session;
     let stored = match state
         .storage

@@ -129,6 +129,7 @@ pub fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "Send the body as JSON with `Content-Type: application/json`.",
         ),
+        other if ApiError::is_body_timeout(&other) => ApiError::body_timeout(),
         other => ApiError::bad_request(
             "invalid_body",
             format!("The body could not be read: {}.", innermost(&other)),
