@@ -589,16 +589,7 @@ fn stall(addr: &str, head: String, first: &[u8]) -> (u16, String, f64) {
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, body) = common::raw_answer(&out);
     (status, body, secs)
 }
 
