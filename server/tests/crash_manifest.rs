@@ -285,7 +285,9 @@ fn audit(data: &Path, object: &dyn Fn(&str, &[u8])) -> Audit {
             .into_owned();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path).unwrap();
-        if name.starts_with(".tmp-") {
+        // A `.tmp-` file, or a `.new-` folder an upload is staged in before its rename
+        // into place, is left half written by a kill and never read.
+        if name.starts_with(".tmp-") || rel.split('/').any(|seg| seg.starts_with(".new-")) {
             audit.temp_files += 1;
         } else if name == "session.json" {
             let session = SessionId::parse(rel.split('/').nth(1).unwrap()).unwrap();
